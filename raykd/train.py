@@ -1,0 +1,403 @@
+"""The one training loop (``train_loop_per_worker``), the TorchTrainer that runs it, and the
+study preparation a run needs first (teacher, features, cached teacher logits). ``cli.py train``,
+``cli.py finetune`` and every search trial go through :func:`build_trainer`.
+
+Each evaluation round reports ``eval_f1`` (``metrics.METRIC``), ``eval_exact_match``, the train
+losses, learning rate, samples/s and ``round`` (ASHA's time unit, which survives resumes) through
+``ray.train.report`` with a checkpoint in ``save_pretrained`` format plus the optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+from transformers import get_linear_schedule_with_warmup
+
+from raykd import inference, losses, models, teacher_cache
+from raykd.config import RaykdConfig
+from raykd.metrics import METRIC, MODE
+
+FINETUNE, DISTILL = "finetune", "distill"
+STATE_FILE = "raykd_train_state.pt"
+META_FILE = "raykd_metrics.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and study preparation (driver side)
+
+
+def storage_root(cfg: RaykdConfig) -> str:
+    path = cfg.search.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def cache_root(cfg: RaykdConfig) -> Path:
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir).expanduser().resolve()
+    root = storage_root(cfg)
+    if "://" in root:
+        raise ValueError("with a cloud storage_path, set data.cache_dir to a folder every node can read")
+    return Path(root) / "cache"
+
+
+@dataclass
+class Study:
+    """What every run of a study shares: computed once, handed to all trials."""
+
+    prepared: str
+    teacher_file: Optional[str]
+    teacher: Optional[str]
+    tokenizer: str
+
+    def loop_config(self, cfg: RaykdConfig, mode: str) -> dict[str, Any]:
+        return {"cfg": cfg.to_dict(), "mode": mode, **self.__dict__}
+
+
+def ensure_teacher(cfg: RaykdConfig) -> Optional[str]:
+    """The teacher to use: ``models.teacher`` as given, or, when it is unset and
+    ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached on disk."""
+    if cfg.models.teacher:
+        return cfg.models.teacher
+    ft = cfg.models.teacher_finetune
+    if not ft.base:
+        return None
+    key = teacher_cache._digest(
+        {
+            "base": teacher_cache.model_identity(ft.base),
+            "data": teacher_cache.features_fingerprint(cfg.data, ft.base, cache_root(cfg)),
+            "ft": ft.__dict__,
+            "seed": cfg.optim.seed,
+        }
+    )
+    target = cache_root(cfg) / "teachers" / key
+    if (target / "config.json").exists():
+        return str(target)
+    print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
+    ft_cfg = RaykdConfig.from_dict(
+        {
+            **cfg.to_dict(),
+            "models": {"teacher": None, "student": ft.base},
+            "optim": {**cfg.optim.__dict__, "learning_rate": ft.learning_rate,
+                      "num_epochs": ft.num_epochs, "batch_size": ft.batch_size, "eval_every_steps": None},
+            "scaling": {**cfg.scaling.__dict__, "resources_per_worker": dict(cfg.scaling.resources_per_worker)},
+        }
+    )
+    result = fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
+    best = best_checkpoint(result)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with best.as_directory() as d:
+        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
+    tmp.replace(target)
+    print(f"[raykd] teacher ready: {target} ({METRIC}={result.metrics.get(METRIC, float('nan')):.2f})", flush=True)
+    return str(target)
+
+
+def prepare_study(cfg: RaykdConfig, mode: str = DISTILL) -> tuple[Study, dict[str, Any]]:
+    """Teacher, features and (cached mode) teacher logits; returns the Study and what was done."""
+    cache = cache_root(cfg)
+    teacher = ensure_teacher(cfg) if mode == DISTILL else None
+    if mode == DISTILL and teacher is None:
+        raise ValueError("distillation needs models.teacher or models.teacher_finetune.base")
+    tokenizer = cfg.models.student
+    if mode == DISTILL:
+        student_tok = cfg.models.student if not cfg.models.init_from_teacher_layers else (
+            cfg.models.student or teacher)
+        models.check_tokenizers(models.load_tokenizer(teacher), models.load_tokenizer(student_tok))
+        tokenizer = student_tok
+    prepared, built = teacher_cache.prepare_features(cfg.data, tokenizer, cache)
+    info = {"features_built": built, "teacher_logits_computed": False, "prepared": str(prepared.root)}
+    if mode == DISTILL and cfg.distill.teacher_mode == "cached" and cfg.distill.alpha_ce > 0:
+        prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=_remote_compute())
+        info["teacher_logits_computed"] = computed
+    return Study(str(prepared.root), prepared.teacher_file, teacher, tokenizer), info
+
+
+def _remote_compute():
+    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process."""
+    if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) < 1:
+        return None
+
+    def compute(teacher_name: str, root: str) -> np.ndarray:
+        task = ray.remote(num_gpus=1)(teacher_cache.compute_teacher_logits)
+        return ray.get(task.remote(teacher_name, root, 256, "cuda"))
+
+    return compute
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop (worker side)
+
+
+class _Features(torch.utils.data.Dataset):
+    """Training features plus, in cached mode, the teacher's logits of the same rows."""
+
+    def __init__(self, features, names, teacher_logits: Optional[np.ndarray]):
+        cols = list(names) + ["start_positions", "end_positions", "span_mask"]
+        self.ds = features.with_format("torch", columns=cols)
+        self.logits = teacher_logits
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.ds[i]
+        if self.logits is not None:
+            row = torch.from_numpy(np.asarray(self.logits[i], dtype=np.float32))
+            item["teacher_start"], item["teacher_end"] = row[0], row[1]
+        return item
+
+
+def _precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+    if device.type != "cuda" or name == "fp32":
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    cfg = RaykdConfig.from_dict(loop["cfg"])
+    mode = loop["mode"]
+    opt, dist, dcfg = cfg.optim, cfg.distill, cfg.data
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _seed(opt.seed)
+    device = ray.train.torch.get_device()
+    amp_dtype = _precision(opt.precision, device)
+    distilling = mode == DISTILL
+    cached = distilling and dist.teacher_mode == "cached" and dist.alpha_ce > 0
+    online = distilling and not cached and (dist.alpha_ce > 0 or dist.alpha_cos > 0)
+
+    prepared = teacher_cache.Prepared(Path(loop["prepared"]), loop.get("teacher_file"))
+    tokenizer = models.load_tokenizer(loop["tokenizer"])
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint:
+        ckpt_dir = tempfile.mkdtemp(prefix="raykd-resume-")
+        checkpoint.to_directory(ckpt_dir)
+        student = models.load_qa_model(ckpt_dir)
+        state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=False)
+    else:
+        init_layers = cfg.models.init_from_teacher_layers if distilling else None
+        student = models.build_student(cfg.models.student, init_layers, cfg.models.init_from or loop.get("teacher"))
+    names = models.accepted_inputs(student)
+    model = ray.train.torch.prepare_model(student)
+    teacher = None
+    if online:
+        # Online mode only: in cached mode no trial ever constructs the teacher.
+        teacher = models.load_teacher(loop["teacher"]).to(device)
+        teacher_names = models.accepted_inputs(teacher)
+
+    train_ds = _Features(prepared.train(), set(names) | {"token_type_ids", "input_ids", "attention_mask"},
+                         prepared.teacher_logits() if cached else None)
+    g = torch.Generator()
+    g.manual_seed(opt.seed)
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=opt.batch_size, shuffle=True, generator=g)
+    loader = ray.train.torch.prepare_data_loader(loader)
+    steps_per_epoch = max(1, len(loader) // opt.grad_accum_steps)
+    total_steps = max(1, int(math.ceil(opt.num_epochs * steps_per_epoch)))
+    eval_every = opt.eval_every_steps or steps_per_epoch
+
+    decay = [p for n, p in model.named_parameters() if not any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
+    no_decay = [p for n, p in model.named_parameters() if any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=opt.learning_rate,
+    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(opt.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    step, rnd = 0, 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, rnd = state["step"], state["round"]
+
+    eval_feats = prepared.eval() if rank == 0 else None
+    examples = prepared.examples() if rank == 0 else None
+    sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0, "cos": 0.0}
+    n_micro, n_samples, t0 = 0, 0, time.perf_counter()
+    model.train()
+    micro = 0
+    epoch = step // steps_per_epoch
+    skip = (step % steps_per_epoch) * opt.grad_accum_steps  # micro-batches already seen this epoch
+    while step < total_steps:
+        if world > 1:
+            loader.sampler.set_epoch(epoch)
+        g.manual_seed(opt.seed + epoch)
+        for b, batch in enumerate(loader):
+            if b < skip:
+                continue
+            if b >= steps_per_epoch * opt.grad_accum_steps:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = models.forward(model, batch, names, hidden=dist.alpha_cos > 0)
+                t_start = t_end = t_hidden = None
+                if cached:
+                    t_start, t_end = batch["teacher_start"], batch["teacher_end"]
+                elif teacher is not None:
+                    with torch.no_grad():
+                        t_out = models.forward(teacher, batch, teacher_names, hidden=dist.alpha_cos > 0)
+                    t_start, t_end = t_out.start_logits, t_out.end_logits
+                    t_hidden = t_out.hidden_states[-1] if dist.alpha_cos > 0 else None
+            parts = losses.distillation_loss(
+                out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"],
+                batch["span_mask"],
+                teacher_start=t_start, teacher_end=t_end, temperature=dist.temperature,
+                alpha_ce=dist.alpha_ce if distilling else 0.0,
+                alpha_squad=dist.alpha_squad if distilling else 1.0,
+                alpha_cos=dist.alpha_cos if distilling else 0.0,
+                student_hidden=out.hidden_states[-1] if dist.alpha_cos > 0 else None,
+                teacher_hidden=t_hidden, attention_mask=batch["attention_mask"],
+            )
+            scaler.scale(parts["loss"] / opt.grad_accum_steps).backward()
+            for k in sums:
+                sums[k] += float(parts[k].detach())
+            n_micro += 1
+            n_samples += len(batch["input_ids"])
+            micro += 1
+            if micro % opt.grad_accum_steps:
+                continue
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opt.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if step % eval_every == 0 or step == total_steps:
+                rnd += 1
+                elapsed = time.perf_counter() - t0
+                train_metrics = {f"train_{k}": v / max(n_micro, 1) for k, v in sums.items()}
+                train_metrics["samples_per_sec"] = n_samples * world / max(elapsed, 1e-9)
+                _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, epoch,
+                        steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype)
+                sums = dict.fromkeys(sums, 0.0)
+                n_micro, n_samples, t0 = 0, 0, time.perf_counter()
+                model.train()
+            if step >= total_steps:
+                break
+        skip = 0
+        epoch += 1
+
+
+def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, epoch, steps_per_epoch,
+            train_metrics, eval_feats, examples, device, amp_dtype) -> None:
+    metrics: dict[str, Any] = {
+        "round": rnd,
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "learning_rate": scheduler.get_last_lr()[0],
+        **train_metrics,
+    }
+    if rank != 0:
+        # Every worker reports (it is a barrier); only rank 0's metrics and checkpoint are kept.
+        ray.train.report({**metrics, METRIC: 0.0, "eval_exact_match": 0.0}, checkpoint=None)
+        return
+    scores, _ = inference.evaluate(
+        model, eval_feats, examples, cfg.data.n_best, cfg.data.max_answer_length,
+        cfg.optim.eval_batch_size, device, amp_dtype,
+    )
+    metrics[METRIC] = scores["f1"]
+    metrics["eval_exact_match"] = scores["exact_match"]
+    print(
+        f"[raykd] round {rnd} step {step} epoch {metrics['epoch']:.2f}: "
+        f"{METRIC}={scores['f1']:.2f} EM={scores['exact_match']:.2f} loss={train_metrics['train_loss']:.4f}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
+        models.save_pretrained(model, tokenizer, d)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "step": step, "round": rnd}, Path(d) / STATE_FILE)
+        (Path(d) / META_FILE).write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer (driver side)
+
+
+def build_trainer(
+    cfg: RaykdConfig, loop_config: dict[str, Any], name: str, storage_path: Optional[str] = None,
+    callbacks: Optional[list] = None,
+) -> TorchTrainer:
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path or storage_root(cfg),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.search.keep_checkpoints,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def init_ray(address: Optional[str] = None) -> None:
+    """Join ``address`` (or RAY_ADDRESS), else start an embedded single-node Ray."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # The dashboard stays on: ASHA-stopped trials release their placement groups through its
+    # state API (without it the next trial waits forever).
+    ray.init(address=address, log_to_driver=True,
+             configure_logging=True, logging_level="WARNING")
+
+
+def fit(cfg: RaykdConfig, mode: str, name: Optional[str] = None, study: Optional[Study] = None) -> ray.train.Result:
+    """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
+    if study is None:
+        study, _ = prepare_study(cfg, mode)
+    name = name or f"{cfg.search.name}-{mode}"
+    trainer = build_trainer(cfg, study.loop_config(cfg, mode), name)
+    return trainer.fit()
+
+
+def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
+    """The best kept checkpoint by METRIC (not the last one)."""
+    ranked = result.best_checkpoints or []
+    if ranked:
+        return max(ranked, key=lambda cm: cm[1].get(METRIC, float("-inf")))[0]
+    if result.checkpoint is None:
+        raise RuntimeError("the run reported no checkpoint")
+    return result.checkpoint
+
+
+def best_metrics(result: ray.train.Result) -> dict[str, Any]:
+    ranked = result.best_checkpoints or []
+    if ranked:
+        return max(ranked, key=lambda cm: cm[1].get(METRIC, float("-inf")))[1]
+    return dict(result.metrics or {})
