@@ -107,6 +107,9 @@ class ScalingConfig:
     cpus_per_worker: float = 1.0
     # Extra per-worker resources, e.g. {"node_a": 1} to pin workers to a node type.
     resources_per_worker: dict[str, float] = field(default_factory=dict)
+    # Intra-op threads of each worker's torch; None keeps what Ray sets (= cpus_per_worker). On a
+    # small CPU machine that runs one trial at a time, all cores may serve that one worker.
+    torch_threads: Optional[int] = None
     # Fault tolerance: restarts of the worker group, resuming from the last checkpoint.
     max_failures: int = 0
 

@@ -48,13 +48,14 @@ TEMPLATES = [
 
 
 def _person(rng: random.Random, used: set[str]) -> dict[str, str]:
+    # No first or last name repeats inside a paragraph, so the name in a question is unambiguous.
     while True:
-        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
-        if name not in used:
-            used.add(name)
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        if first not in used and last not in used:
+            used.update((first, last))
             break
     return {
-        "name": name,
+        "name": f"{first} {last}",
         "city": rng.choice(CITIES),
         "year": str(rng.randint(1900, 1999)),
         "job": rng.choice(JOBS),
@@ -62,7 +63,7 @@ def _person(rng: random.Random, used: set[str]) -> dict[str, str]:
     }
 
 
-def generate(n_questions: int, seed: int = 0, people_per_paragraph: int = 3) -> dict[str, Any]:
+def generate(n_questions: int, seed: int = 0, people_per_paragraph: int = 2) -> dict[str, Any]:
     """A SQuAD v1.1 JSON document with ``n_questions`` questions."""
     rng = random.Random(seed)
     paragraphs = []
@@ -70,8 +71,10 @@ def generate(n_questions: int, seed: int = 0, people_per_paragraph: int = 3) -> 
     while count < n_questions:
         used: set[str] = set()
         people = [_person(rng, used) for _ in range(people_per_paragraph)]
-        facts = [(p, t) for p in people for t in TEMPLATES]
-        rng.shuffle(facts)
+        # Facts are grouped by person (as in a biography paragraph), in a random order.
+        facts = []
+        for p in people:
+            facts += [(p, t) for t in rng.sample(TEMPLATES, k=len(TEMPLATES))]
         context = ""
         spans = []  # (person name, template index, answer text, answer_start)
         for person, tmpl in facts:

@@ -183,6 +183,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _seed(opt.seed)
+    if cfg.scaling.torch_threads:
+        torch.set_num_threads(cfg.scaling.torch_threads)
     device = ray.train.torch.get_device()
     amp_dtype = _precision(opt.precision, device)
     distilling = mode == DISTILL

@@ -1,0 +1,71 @@
+import pytest
+
+from raykd.config import ConfigError, RaykdConfig, load_config, with_values
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_live_in_dataclasses_and_yaml_overrides(tmp_path):
+    cfg = load_config(_write(tmp_path, "distill:\n  temperature: 4\noptim:\n  learning_rate: 1e-4\n"))
+    assert cfg.distill.temperature == 4.0 and isinstance(cfg.distill.temperature, float)
+    assert cfg.optim.learning_rate == 1e-4
+    assert cfg.distill.alpha_ce == RaykdConfig().distill.alpha_ce
+
+
+def test_set_overrides_take_precedence(tmp_path):
+    path = _write(tmp_path, "distill:\n  temperature: 4\n")
+    cfg = load_config(path, ["distill.temperature=8", "models.init_from_teacher_layers=[0, 2]",
+                             "data.max_train_samples=null"])
+    assert cfg.distill.temperature == 8.0
+    assert cfg.models.init_from_teacher_layers == [0, 2]
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("distill:\n  temprature: 2\n", "distill.temprature"),
+        ("optimizer:\n  lr: 1\n", "optimizer"),
+        ("optim:\n  batch_size: sixteen\n", "optim.batch_size"),
+        ("optim:\n  batch_size: 1.5\n", "optim.batch_size"),
+        ("scaling:\n  use_gpu: 3\n", "scaling.use_gpu"),
+        ("distill:\n  teacher_mode: sometimes\n", "distill.teacher_mode"),
+        ("models:\n  init_from_teacher_layers: [0, x]\n", "models.init_from_teacher_layers[1]"),
+        ("distill:\n  temperature: 0\n", "distill.temperature"),
+        ("distill:\n  alpha_ce: 1.5\n", "distill.alpha_ce"),
+        ("distill:\n  alpha_cos: 1.0\n", "distill.alpha_cos"),
+        ("data:\n  doc_stride: 500\n", "data.doc_stride"),
+    ],
+)
+def test_bad_keys_and_types_name_the_file_and_key(tmp_path, text, key):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert key in str(err.value) and path in str(err.value)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="distill.nope"):
+        load_config(None, ["distill.nope=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["distill.temperature"])
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_round_trip_and_with_values():
+    cfg = RaykdConfig()
+    again = RaykdConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    trial = with_values(cfg, {"distill.temperature": 6.0, "optim.learning_rate": 3e-5})
+    assert trial.distill.temperature == 6.0 and cfg.distill.temperature == 2.0
+
+
+def test_shipped_search_spaces_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml")):
+        load_config(str(path))

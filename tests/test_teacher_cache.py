@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from raykd import losses, models, teacher_cache
+from raykd.config import DataConfig
+
+
+@pytest.fixture()
+def data_cfg():
+    return DataConfig(synthetic=True, synthetic_train_size=24, synthetic_eval_size=8, max_length=64, doc_stride=24)
+
+
+def _counting(calls):
+    def compute(teacher, root):
+        calls.append(root)
+        return teacher_cache.compute_teacher_logits(teacher, root, batch_size=8, device="cpu", progress=False)
+
+    return compute
+
+
+def test_second_prepare_reuses_features_and_logits(tmp_path, data_cfg, tiny_models):
+    teacher = str(tiny_models["bert"])
+    prep, built = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    assert built
+    calls = []
+    prep, computed = teacher_cache.prepare_teacher_logits(prep, teacher, _counting(calls))
+    assert computed and len(calls) == 1
+    logits = prep.teacher_logits()
+    assert logits.dtype == np.float16 and logits.shape == (len(prep.train()), 2, 64)
+    prep2, built2 = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prep2, computed2 = teacher_cache.prepare_teacher_logits(prep2, teacher, _counting(calls))
+    assert not built2 and not computed2 and len(calls) == 1  # no second teacher forward
+    assert prep2.root == prep.root and prep2.teacher_file == prep.teacher_file
+
+
+def test_changed_max_length_rebuilds(tmp_path, data_cfg, tiny_models):
+    teacher = str(tiny_models["bert"])
+    a, _ = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    data_cfg.max_length = 96
+    b, built = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    assert built and a.root != b.root
+    calls = []
+    b, computed = teacher_cache.prepare_teacher_logits(b, teacher, _counting(calls))
+    assert computed and b.teacher_logits().shape[-1] == 96
+
+
+def test_truncated_or_corrupt_logits_are_rebuilt(tmp_path, data_cfg, tiny_models):
+    teacher = str(tiny_models["bert"])
+    prep, _ = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    calls = []
+    prep, _ = teacher_cache.prepare_teacher_logits(prep, teacher, _counting(calls))
+    path = prep.root / prep.teacher_file
+    good = prep.teacher_logits().copy()
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    prep, computed = teacher_cache.prepare_teacher_logits(prep, teacher, _counting(calls))
+    assert computed and len(calls) == 2
+    np.testing.assert_array_equal(prep.teacher_logits(), good)
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(raw))
+    prep, computed = teacher_cache.prepare_teacher_logits(prep, teacher, _counting(calls))
+    assert computed and len(calls) == 3
+
+
+def test_changed_teacher_gets_its_own_logits(tmp_path, data_cfg, tiny_models):
+    import helpers
+
+    other = str(helpers.tiny_bert(tmp_path / "other", layers=2, seed=7))
+    prep, _ = teacher_cache.prepare_features(data_cfg, str(tiny_models["bert"]), tmp_path)
+    calls = []
+    a, _ = teacher_cache.prepare_teacher_logits(prep, str(tiny_models["bert"]), _counting(calls))
+    b, computed = teacher_cache.prepare_teacher_logits(prep, other, _counting(calls))
+    assert computed and a.teacher_file != b.teacher_file
+
+
+def test_cached_and_online_kd_agree_to_fp16_tolerance(tmp_path, data_cfg, tiny_models):
+    teacher_name = str(tiny_models["bert"])
+    prep, _ = teacher_cache.prepare_features(data_cfg, teacher_name, tmp_path)
+    prep, _ = teacher_cache.prepare_teacher_logits(prep, teacher_name, _counting([]))
+    teacher = models.load_teacher(teacher_name)
+    student = models.load_qa_model(str(tiny_models["distilbert"]))
+    names = ["input_ids", "attention_mask", "token_type_ids", "span_mask"]
+    batch = prep.train().with_format("torch", columns=names)[:8]
+    with torch.no_grad():
+        t = models.forward(teacher, batch, models.accepted_inputs(teacher))
+        s = models.forward(student, batch, models.accepted_inputs(student))
+    cached = torch.from_numpy(np.asarray(prep.teacher_logits()[:8], dtype=np.float32))
+    online = losses.span_kd_loss(s.start_logits, s.end_logits, t.start_logits, t.end_logits, batch["span_mask"], 2.0)
+    from_cache = losses.span_kd_loss(s.start_logits, s.end_logits, cached[:, 0], cached[:, 1], batch["span_mask"], 2.0)
+    assert from_cache.item() == pytest.approx(online.item(), rel=2e-3, abs=1e-4)
