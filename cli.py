@@ -95,8 +95,7 @@ def cmd_search(args) -> int:
     from raykd import run
 
     cfg = _load(args)
-    run.search(cfg, address=args.address, resume=args.resume,
-               tracking_uri=None if args.no_tracking else args.tracking_uri, tracking=not args.no_tracking)
+    run.search(cfg, address=args.address, resume=args.resume)
     return 0
 
 

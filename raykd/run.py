@@ -5,6 +5,7 @@ train/finetune run, ``prepare``, ``evaluate`` and ``search``. Ray and MLflow sta
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,3 +60,28 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
     scores, _ = inference.evaluate(qa, feats, loaded.examples, batch_size=batch_size)
     return {"exact_match": scores["exact_match"], "f1": scores["f1"], "examples": len(loaded.examples),
             "skipped": loaded.skipped}
+
+
+def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False) -> dict[str, Any]:
+    """The product's main job: prepare the study once, then search; prints progress and the summary."""
+    from raykd import search as search_mod
+    from raykd import spaces, teacher_cache, train
+
+    params = spaces.parse(cfg.space, cfg.source)  # a bad space fails before Ray starts
+    for point in cfg.search.points_to_evaluate:
+        spaces.check_point(point, params, cfg.source)
+    train.init_ray(address)
+    study, info = train.prepare_study(cfg, train.DISTILL)
+    n_features = teacher_cache.Prepared(Path(study.prepared)).manifest()["n_train_features"]
+    summary = search_mod.run_search(cfg, study, n_features, resume=resume)
+    summary["study"] = {**info, "teacher": study.teacher}
+    print()
+    print(search_mod.format_table(summary))
+    best = summary["best"]
+    if best:
+        print(f"\nbest trial {best['trial_id']}: {METRIC}={best[METRIC]:.2f} "
+              f"EM={best['eval_exact_match']:.2f} (round {best['best_round']})")
+        print("best config: " + json.dumps({k: best[k] for k in spaces.searched_keys(params)}))
+        print(f"best checkpoint: {best['checkpoint_path']}")
+    print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
+    return summary

@@ -103,7 +103,7 @@ def ensure_teacher(cfg: RaykdConfig) -> Optional[str]:
     with best.as_directory() as d:
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
     tmp.replace(target)
-    print(f"[raykd] teacher ready: {target} ({METRIC}={result.metrics.get(METRIC, float('nan')):.2f})", flush=True)
+    print(f"[raykd] teacher ready: {target} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
     return str(target)
 
 
@@ -162,6 +162,21 @@ class _Features(torch.utils.data.Dataset):
         return item
 
 
+def schedule(cfg: RaykdConfig, n_features: int, world: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, steps between evaluations) of one worker."""
+    opt = cfg.optim
+    batches = math.ceil(math.ceil(n_features / world) / opt.batch_size)
+    steps_per_epoch = max(1, batches // opt.grad_accum_steps)
+    total_steps = max(1, int(math.ceil(opt.num_epochs * steps_per_epoch)))
+    return steps_per_epoch, total_steps, opt.eval_every_steps or steps_per_epoch
+
+
+def expected_rounds(cfg: RaykdConfig, n_features: int) -> int:
+    """Evaluation rounds a run reports when nothing stops it (ASHA's max_t)."""
+    _, total, every = schedule(cfg, n_features, cfg.scaling.num_workers)
+    return math.ceil(total / every)
+
+
 def _precision(name: str, device: torch.device) -> Optional[torch.dtype]:
     if device.type != "cuda" or name == "fp32":
         return None
@@ -217,9 +232,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     g.manual_seed(opt.seed)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=opt.batch_size, shuffle=True, generator=g)
     loader = ray.train.torch.prepare_data_loader(loader)
-    steps_per_epoch = max(1, len(loader) // opt.grad_accum_steps)
-    total_steps = max(1, int(math.ceil(opt.num_epochs * steps_per_epoch)))
-    eval_every = opt.eval_every_steps or steps_per_epoch
+    steps_per_epoch, total_steps, eval_every = schedule(cfg, len(train_ds), world)
 
     decay = [p for n, p in model.named_parameters() if not any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
     no_decay = [p for n, p in model.named_parameters() if any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
@@ -293,7 +306,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 elapsed = time.perf_counter() - t0
                 train_metrics = {f"train_{k}": v / max(n_micro, 1) for k, v in sums.items()}
                 train_metrics["samples_per_sec"] = n_samples * world / max(elapsed, 1e-9)
-                _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, epoch,
+                _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, step >= total_steps,
                         steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype)
                 sums = dict.fromkeys(sums, 0.0)
                 n_micro, n_samples, t0 = 0, 0, time.perf_counter()
@@ -304,10 +317,12 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         epoch += 1
 
 
-def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, epoch, steps_per_epoch,
+def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final, steps_per_epoch,
             train_metrics, eval_feats, examples, device, amp_dtype) -> None:
     metrics: dict[str, Any] = {
         "round": rnd,
+        # True on the run's last round: a trial whose last result is not final was stopped early.
+        "final": final,
         "step": step,
         "epoch": step / steps_per_epoch,
         "learning_rate": scheduler.get_last_lr()[0],

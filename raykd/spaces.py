@@ -1,0 +1,176 @@
+"""The ``space:`` section of a search YAML → an Optuna define-by-run function (for Ray Tune's
+``OptunaSearch``), with every mistake caught before Ray starts.
+
+Keys are dotted config fields (any field of :class:`raykd.config.RaykdConfig`). Values::
+
+    distill.temperature: {type: uniform, low: 1, high: 8}
+    optim.learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-4}
+    optim.batch_size:    {type: choice, values: [8, 16]}
+    data.doc_stride:     {type: int, low: 32, high: 128}          # qint: add step
+    distill.alpha_squad: {type: complement, of: distill.alpha_ce} # = 1 - alpha_ce (tied)
+    optim.warmup_ratio:  0.1                                       # a constant
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from raykd import config as config_mod
+from raykd.errors import UserError
+
+KINDS = ("uniform", "loguniform", "int", "qint", "choice", "complement")
+ALPHAS = ("distill.alpha_ce", "distill.alpha_squad", "distill.alpha_cos")
+
+
+class SpaceError(UserError):
+    """A bad search space; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    kind: str  # one of KINDS, or "constant"
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[int] = None
+    values: tuple = ()
+    of: Optional[str] = None
+    value: Any = None
+
+
+def _err(source: Optional[str], key: str, msg: str) -> SpaceError:
+    where = f"{source}: space.{key}" if source else f"space.{key}"
+    return SpaceError(f"{where}: {msg}")
+
+
+def _number(spec: dict, name: str, source, key) -> float:
+    if name not in spec:
+        raise _err(source, key, f"missing '{name}'")
+    v = spec[name]
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _err(source, key, f"'{name}' must be a number, got {v!r}")
+    return float(v)
+
+
+def _check_value(key: str, value: Any, source) -> None:
+    """A value the field's type accepts and that passes the field's range checks."""
+    try:
+        config_mod._check_type(value, config_mod.field_type(key), key, None)
+    except config_mod.ConfigError as exc:
+        raise _err(source, key, str(exc).split(": ", 1)[-1]) from None
+    if key in ALPHAS and not 0 <= float(value) <= (math.inf if key == "distill.alpha_cos" else 1):
+        raise _err(source, key, f"an alpha must be in [0, 1], got {value!r}")
+    if key == "distill.temperature" and float(value) <= 0:
+        raise _err(source, key, f"temperature must be > 0, got {value!r}")
+
+
+def parse(space: dict[str, Any], source: Optional[str] = None) -> list[Param]:
+    """Validate a raw ``space:`` mapping into Params; raises SpaceError naming file and key."""
+    params: list[Param] = []
+    for key, spec in space.items():
+        try:
+            tp = config_mod.field_type(key)
+        except KeyError:
+            raise _err(source, key, "unknown config field") from None
+        if not isinstance(spec, dict):
+            _check_value(key, spec, source)
+            params.append(Param(key, "constant", value=spec))
+            continue
+        kind = spec.get("type")
+        if kind not in KINDS:
+            raise _err(source, key, f"type must be one of {list(KINDS)}, got {kind!r}")
+        extra = set(spec) - {"type", "low", "high", "step", "values", "of"}
+        if extra:
+            raise _err(source, key, f"unknown entries {sorted(extra)}")
+        if kind == "choice":
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                raise _err(source, key, "choice needs a non-empty 'values' list")
+            for v in values:
+                _check_value(key, v, source)
+            params.append(Param(key, kind, values=tuple(values)))
+            continue
+        if kind == "complement":
+            of = spec.get("of")
+            if key not in ALPHAS or of not in ALPHAS:
+                raise _err(source, key, "complement ties two alphas: {type: complement, of: distill.alpha_ce}")
+            params.append(Param(key, kind, of=of))
+            continue
+        low, high = _number(spec, "low", source, key), _number(spec, "high", source, key)
+        if low >= high:
+            raise _err(source, key, f"low ({low:g}) must be < high ({high:g})")
+        if kind == "loguniform" and low <= 0:
+            raise _err(source, key, f"loguniform needs low > 0, got {low:g}")
+        step = None
+        if kind in ("int", "qint"):
+            if int not in (typing.get_args(tp) or (tp,)):
+                raise _err(source, key, f"{kind} on a non-integer field")
+            step = int(spec.get("step", 1))
+            if step < 1:
+                raise _err(source, key, "step must be >= 1")
+        for bound in (low, high):
+            _check_value(key, int(bound) if kind in ("int", "qint") else bound, source)
+        params.append(Param(key, kind, low=low, high=high, step=step))
+    keys = {p.key for p in params}
+    for p in params:
+        if p.kind == "complement":
+            base = next((q for q in params if q.key == p.of), None)
+            if base is None or base.kind == "complement":
+                raise _err(source, p.key, f"complement of {p.of}, which is not searched")
+    if len(keys) != len(params):
+        raise SpaceError(f"{source}: duplicate keys in space")
+    return params
+
+
+class DefineByRun:
+    """An Optuna define-by-run space: suggests the searched values and returns the constants and
+    tied alphas (Ray's OptunaSearch merges that dict into the trial's config). A class, not a
+    closure, because Tune pickles the searcher into its experiment checkpoint for resume."""
+
+    def __init__(self, params: list[Param]):
+        self.params = list(params)
+
+    def __call__(self, trial) -> dict[str, Any]:
+        for p in self.params:
+            if p.kind in ("uniform", "loguniform"):
+                trial.suggest_float(p.key, p.low, p.high, log=p.kind == "loguniform")
+            elif p.kind in ("int", "qint"):
+                trial.suggest_int(p.key, int(p.low), int(p.high), step=p.step or 1)
+            elif p.kind == "choice":
+                trial.suggest_categorical(p.key, list(p.values))
+        fixed = {p.key: p.value for p in self.params if p.kind == "constant"}
+        for p in self.params:
+            if p.kind == "complement":
+                fixed[p.key] = 1.0 - trial.params[p.of]
+        return fixed
+
+
+define_by_run = DefineByRun
+
+
+def searched_keys(params: list[Param]) -> list[str]:
+    return [p.key for p in params if p.kind not in ("constant", "complement")]
+
+
+def check_point(point: dict[str, Any], params: list[Param], source: Optional[str]) -> None:
+    """A ``points_to_evaluate`` entry must set exactly the searched keys, with allowed values."""
+    wanted = set(searched_keys(params))
+    if set(point) != wanted:
+        raise SpaceError(f"{source}: search.points_to_evaluate entry {point} must set exactly {sorted(wanted)}")
+    for p in params:
+        if p.key not in point:
+            continue
+        v = point[p.key]
+        _check_value(p.key, v, source)
+        if p.kind == "choice" and v not in p.values:
+            raise _err(source, p.key, f"points_to_evaluate value {v!r} is not one of {list(p.values)}")
+        if p.low is not None and not p.low <= float(v) <= p.high:
+            raise _err(source, p.key, f"points_to_evaluate value {v!r} is outside [{p.low:g}, {p.high:g}]")
