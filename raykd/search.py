@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import optuna
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -44,6 +45,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: result.get("round", result[TRAINING_ITERATION])})
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if result and self.metric in result and trial_id not in self._completed_trials:
+            # Tune hands a result that ends a trial (ASHA's max_t, or a stop) to on_trial_complete
+            # only; record it as the trial's last intermediate value too.
+            self.on_trial_result(trial_id, result)
         if result and not error and not result.get("final", True):
             # Without the metric, OptunaSearch tells the trial as PRUNED.
             result = {k: v for k, v in result.items() if k != self.metric}
@@ -157,6 +162,7 @@ def run_search(cfg: RaykdConfig, study: train.Study, n_train_features: int, call
     max_rounds = cfg.search.max_rounds or train.expected_rounds(cfg, n_train_features)
     setup = _tuner(cfg, study, params, max_rounds, callbacks or [], resume)
     grid = setup.tuner.fit()
+    prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints)
     summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"])
     summary["experiment_path"] = setup.experiment_path
     summary["max_rounds"] = max_rounds
@@ -164,6 +170,27 @@ def run_search(cfg: RaykdConfig, study: train.Study, n_train_features: int, call
     if "://" not in setup.experiment_path:
         Path(setup.experiment_path, SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def prune_checkpoints(runs_path: str, keep: int) -> None:
+    """Leave each trial its best ``keep`` checkpoints by METRIC. Train keeps the latest one too
+    (to resume a run); once the search is over no trial resumes, so that one goes unless it is
+    among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
+    fs, root = pafs.FileSystem.from_uri(runs_path) if "://" in runs_path else (pafs.LocalFileSystem(), runs_path)
+    info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for run_dir in (i.path for i in info if i.type == pafs.FileType.Directory):
+        ckpts = [i.path for i in fs.get_file_info(pafs.FileSelector(run_dir))
+                 if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+        scored = []
+        for path in ckpts:
+            try:
+                with fs.open_input_stream(f"{path}/{train.META_FILE}") as f:
+                    scored.append((json.loads(f.read())[METRIC], path))
+            except (FileNotFoundError, OSError, KeyError, ValueError):
+                scored.append((float("-inf"), path))
+        scored.sort(reverse=MODE == "max")
+        for _, path in scored[keep:]:
+            fs.delete_dir(path)
 
 
 def summarize(grid, keys: list[str]) -> dict[str, Any]:

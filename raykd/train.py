@@ -216,8 +216,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         student = models.load_qa_model(ckpt_dir)
         state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=False)
     else:
-        init_layers = cfg.models.init_from_teacher_layers if distilling else None
-        student = models.build_student(cfg.models.student, init_layers, cfg.models.init_from or loop.get("teacher"))
+        student = models.build_student(cfg.models.student, cfg.models.init_from_teacher_layers,
+                                       cfg.models.init_from or loop.get("teacher"))
     names = models.accepted_inputs(student)
     model = ray.train.torch.prepare_model(student)
     teacher = None

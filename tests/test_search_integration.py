@@ -1,0 +1,123 @@
+"""Real Ray Tune searches (one local Ray for the module) over tiny models, and resume after the
+driver process is killed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from raykd import run, search
+from raykd.config import load_config
+from raykd.metrics import METRIC
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).parents[1]
+
+
+def _space_yaml(tmp_path, tiny_models, name, num_samples, extra=None):
+    raw = {
+        "data": {"synthetic": True, "synthetic_train_size": 240, "synthetic_eval_size": 40,
+                 "max_length": 96, "doc_stride": 32},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"])},
+        "optim": {"num_epochs": 2, "batch_size": 16, "eval_every_steps": 5, "warmup_ratio": 0.0},
+        "search": {"name": name, "storage_path": str(tmp_path / "results"), "num_samples": num_samples,
+                   "grace_period": 1, "reduction_factor": 2, "seed": 1, "n_startup_trials": 2,
+                   "points_to_evaluate": [{"optim.learning_rate": 3e-3, "distill.temperature": 2.0}]},
+        "tracking": {"enabled": False},
+        # A space built so that some trials are clearly bad: a learning rate that learns nothing.
+        "space": {"optim.learning_rate": {"type": "choice", "values": [3e-3, 1e-8]},
+                  "distill.temperature": {"type": "uniform", "low": 1.0, "high": 4.0}},
+    }
+    raw.update(extra or {})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.pop("RAY_ADDRESS", None)
+    # The dashboard's state API releases ASHA-stopped trials' placement groups.
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_models):
+    cfg = load_config(str(_space_yaml(tmp_path, tiny_models, "asha", 5)))
+    assert search.max_concurrent(cfg, ray.cluster_resources()) == 1  # 2 CPUs, 1-CPU workers: never 2
+    summary = run.search(cfg)
+    rows = summary["trials"]
+    assert len(rows) == 5 and all(r["status"] in ("COMPLETED", "STOPPED") for r in rows)
+    assert any(r["stopped_early"] for r in rows), rows
+    assert any(not r["stopped_early"] and r["rounds"] == summary["max_rounds"] for r in rows)
+    # The best is the maximum eval_f1 over every reported round of every trial.
+    exp = Path(summary["experiment_path"])
+    all_f1 = []
+    for result_file in exp.glob("*/result.json"):
+        all_f1 += [json.loads(line)[METRIC] for line in result_file.read_text().splitlines() if line.strip()]
+    assert summary["best"][METRIC] == pytest.approx(max(all_f1))
+    # The best checkpoint is the round that scored best, and it exists.
+    assert Path(summary["best"]["checkpoint_path"]).is_dir()
+    best_meta = json.loads((Path(summary["best"]["checkpoint_path"]) / "raykd_metrics.json").read_text())
+    assert best_meta[METRIC] == pytest.approx(summary["best"][METRIC])
+    # At most keep_checkpoints (1) checkpoint per trial.
+    for trial_dir in (exp / search.TRAIN_RUNS).iterdir():
+        if trial_dir.is_dir():
+            assert len([d for d in trial_dir.glob("checkpoint_*") if d.is_dir()]) <= cfg.search.keep_checkpoints
+    # Optuna was told the truth: stopped trials are PRUNED, with intermediate values by round.
+    states = [t["state"] for t in summary["optuna_trials"]]
+    assert states.count("PRUNED") == sum(r["stopped_early"] for r in rows)
+    assert states.count("COMPLETE") == sum(not r["stopped_early"] for r in rows)
+    complete = [t for t in summary["optuna_trials"] if t["state"] == "COMPLETE"][0]
+    assert sorted(complete["intermediate"]) == list(range(1, summary["max_rounds"] + 1))
+    assert json.loads((exp / search.SUMMARY).read_text())["best"]["trial_id"] == summary["best"]["trial_id"]
+
+
+def _trial_results(exp: Path) -> dict[str, int]:
+    out = {}
+    for f in exp.glob("*/result.json"):
+        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        out[f.parent.name] = len(lines)
+    return out
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
+    """Runs the real CLI in a subprocess (its own Ray), kills it after the first trial finished,
+    then --resume: the finished trial is not run again and the search completes."""
+    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 3,
+                           {"optim": {"num_epochs": 1, "batch_size": 16, "eval_every_steps": 5}})
+    exp = tmp_path / "results" / "resume"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, str(ROOT / "cli.py"), "search", "--config", str(cfg_path)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        finished = None
+        while time.time() < deadline and finished is None:
+            time.sleep(2)
+            for f in exp.glob("*/result.json"):
+                if any(json.loads(x).get("final") for x in f.read_text().splitlines() if x.strip()):
+                    finished = f.parent.name
+            assert proc.poll() is None, "the search ended before it could be interrupted"
+        assert finished, "no trial finished in time"
+        time.sleep(3)  # let Tune write its experiment state with that trial terminated
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process group this test started, by its pid
+        proc.wait()
+    before = _trial_results(exp)
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = _trial_results(exp)
+    assert after[finished] == before[finished]  # not run again
+    summary = json.loads((exp / search.SUMMARY).read_text())
+    assert len(summary["trials"]) == 3
+    assert "best trial" in done.stdout and METRIC in done.stdout
