@@ -34,10 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one distillation run (teacher -> student) on Ray Train")
     _config_args(p)
+    _tracking_args(p)
 
     p = sub.add_parser("finetune", help="fine-tune models.student on SQuAD without a teacher "
                                         "(makes a teacher; the no-distillation baseline)")
     _config_args(p)
+    _tracking_args(p)
 
     p = sub.add_parser("prepare", help="tokenize the data and cache the teacher's logits once")
     _config_args(p)
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA over the distillation trainer")
     _config_args(p)
+    _tracking_args(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted experiment search.name in search.storage_path")
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
@@ -70,7 +73,8 @@ def cmd_run(args, mode: str) -> int:
     from raykd import run
 
     cfg = _load(args)
-    summary = run.single_run(cfg, mode, address=args.address)
+    summary = run.single_run(cfg, mode, address=args.address, tracking_uri=args.tracking_uri,
+                             tracking=not args.no_tracking)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -95,7 +99,8 @@ def cmd_search(args) -> int:
     from raykd import run
 
     cfg = _load(args)
-    run.search(cfg, address=args.address, resume=args.resume)
+    run.search(cfg, address=args.address, resume=args.resume, tracking_uri=args.tracking_uri,
+               tracking=not args.no_tracking)
     return 0
 
 

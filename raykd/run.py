@@ -14,25 +14,43 @@ from raykd.errors import UserError
 from raykd.metrics import METRIC
 
 
-def single_run(cfg: RaykdConfig, mode: str, address: Optional[str] = None) -> dict[str, Any]:
+def _tracking(cfg: RaykdConfig, tracking_uri: Optional[str], enabled: bool):
+    """The tracking module, connected (fails fast on an unreachable store), or None when off."""
+    if not (enabled and cfg.tracking.enabled):
+        return None
+    from raykd import tracking
+
+    tracking.connect(cfg, tracking_uri)
+    return tracking
+
+
+def single_run(cfg: RaykdConfig, mode: str, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+               tracking: bool = True) -> dict[str, Any]:
     """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
     from raykd import train
 
+    tracker = _tracking(cfg, tracking_uri, tracking)
     train.init_ray(address)
     study, info = train.prepare_study(cfg, mode)
     result = train.fit(cfg, mode, study=study)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     best = train.best_metrics(result)
+    checkpoint = train.best_checkpoint(result)
+    logged = {}
+    if tracker:
+        with checkpoint.as_directory() as ckpt_dir:
+            logged = tracker.log_single_run(cfg, mode, train.history(result), best, ckpt_dir, study.teacher)
     return {
         "mode": mode,
         METRIC: best.get(METRIC),
         "eval_exact_match": best.get("eval_exact_match"),
         "best_round": best.get("round"),
         "rounds": (result.metrics or {}).get("round"),
-        "checkpoint": train.best_checkpoint(result).path,
+        "checkpoint": checkpoint.path,
         "teacher": study.teacher,
         "prepared": info,
+        "mlflow": logged,
     }
 
 
@@ -62,7 +80,8 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
             "skipped": loaded.skipped}
 
 
-def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False) -> dict[str, Any]:
+def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False,
+           tracking_uri: Optional[str] = None, tracking: bool = True) -> dict[str, Any]:
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
     from raykd import search as search_mod
     from raykd import spaces, teacher_cache, train
@@ -70,11 +89,21 @@ def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False
     params = spaces.parse(cfg.space, cfg.source)  # a bad space fails before Ray starts
     for point in cfg.search.points_to_evaluate:
         spaces.check_point(point, params, cfg.source)
+    tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
     train.init_ray(address)
     study, info = train.prepare_study(cfg, train.DISTILL)
     n_features = teacher_cache.Prepared(Path(study.prepared)).manifest()["n_train_features"]
-    summary = search_mod.run_search(cfg, study, n_features, resume=resume)
+    callbacks, parent = [], None
+    if tracker:
+        uri = tracker.resolve_uri(cfg, tracking_uri)
+        parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
+        callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
+    summary = search_mod.run_search(cfg, study, n_features, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}
+    if tracker:
+        summary["mlflow"] = tracker.finish_study(
+            parent, summary, cfg, study.teacher, spaces.searched_keys(params),
+            optuna_study=search_mod.load_optuna_study(cfg, summary["experiment_path"]))
     print()
     print(search_mod.format_table(summary))
     best = summary["best"]
@@ -83,5 +112,8 @@ def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False
               f"EM={best['eval_exact_match']:.2f} (round {best['best_round']})")
         print("best config: " + json.dumps({k: best[k] for k in spaces.searched_keys(params)}))
         print(f"best checkpoint: {best['checkpoint_path']}")
+    if summary.get("mlflow", {}).get("registered_model"):
+        m = summary["mlflow"]
+        print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})")
     print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
     return summary

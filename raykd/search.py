@@ -97,12 +97,16 @@ def optuna_storage(experiment_path: str) -> Optional[optuna.storages.BaseStorage
     return optuna.storages.RDBStorage(f"sqlite:///{experiment_path}/optuna.db")
 
 
+def load_optuna_study(cfg: RaykdConfig, experiment_path: str) -> Optional[optuna.Study]:
+    storage = optuna_storage(experiment_path)
+    return None if storage is None else optuna.load_study(study_name=cfg.search.name, storage=storage)
+
+
 def optuna_trials(cfg: RaykdConfig, experiment_path: str) -> list[dict[str, Any]]:
     """What Optuna's study holds: per trial its state, value and intermediate values by round."""
-    storage = optuna_storage(experiment_path)
-    if storage is None:
+    study = load_optuna_study(cfg, experiment_path)
+    if study is None:
         return []
-    study = optuna.load_study(study_name=cfg.search.name, storage=storage)
     return [
         {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
          "intermediate": {int(k): v for k, v in t.intermediate_values.items()}}
@@ -142,7 +146,10 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
         sampler=optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials),
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
     )
-    scheduler = ASHAScheduler(time_attr="round", max_t=max_rounds, grace_period=s.grace_period,
+    # max_t one past the last round: a trial that completes ends by returning from fit() (Train
+    # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves its
+    # placement group to Train's asynchronous cleaner.
+    scheduler = ASHAScheduler(time_attr="round", max_t=max_rounds + 1, grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor)
     tuner = tune.Tuner(
         trainable,
@@ -219,6 +226,7 @@ def summarize(grid, keys: list[str]) -> dict[str, Any]:
             "rounds": int(df["round"].max()),
             "stopped_early": not final and not result.error,
             "checkpoint_path": best.get("checkpoint_path"),
+            "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[METRIC])],
         })
         rows.append(row)
     scored = [r for r in rows if r[METRIC] is not None]
@@ -230,7 +238,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = summary["trials"]
     if not rows:
         return "(no trials)"
-    keys = [k for k in rows[0] if k not in ("checkpoint_path",)]
+    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve")]
 
     def fmt(v):
         if isinstance(v, float):

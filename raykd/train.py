@@ -250,6 +250,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
     eval_feats = prepared.eval() if rank == 0 else None
     examples = prepared.examples() if rank == 0 else None
+    history: list[dict[str, Any]] = list(state.get("history", [])) if state else []
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0, "cos": 0.0}
     n_micro, n_samples, t0 = 0, 0, time.perf_counter()
     model.train()
@@ -307,7 +308,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 train_metrics = {f"train_{k}": v / max(n_micro, 1) for k, v in sums.items()}
                 train_metrics["samples_per_sec"] = n_samples * world / max(elapsed, 1e-9)
                 _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, step >= total_steps,
-                        steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype)
+                        steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype, history)
                 sums = dict.fromkeys(sums, 0.0)
                 n_micro, n_samples, t0 = 0, 0, time.perf_counter()
                 model.train()
@@ -318,7 +319,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
 
 def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final, steps_per_epoch,
-            train_metrics, eval_feats, examples, device, amp_dtype) -> None:
+            train_metrics, eval_feats, examples, device, amp_dtype, history) -> None:
     metrics: dict[str, Any] = {
         "round": rnd,
         # True on the run's last round: a trial whose last result is not final was stopped early.
@@ -343,11 +344,14 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
         f"{METRIC}={scores['f1']:.2f} EM={scores['exact_match']:.2f} loss={train_metrics['train_loss']:.4f}",
         flush=True,
     )
+    # Every checkpoint carries the run's metric history, so the driver can log all rounds from
+    # the latest checkpoint alone (Train V2 results hold only the last report).
+    history.append(metrics)
     with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
         models.save_pretrained(model, tokenizer, d)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "step": step, "round": rnd}, Path(d) / STATE_FILE)
-        (Path(d) / META_FILE).write_text(json.dumps(metrics))
+                    "step": step, "round": rnd, "history": history}, Path(d) / STATE_FILE)
+        (Path(d) / META_FILE).write_text(json.dumps({**metrics, "history": history}))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -411,6 +415,15 @@ def best_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
     if result.checkpoint is None:
         raise RuntimeError("the run reported no checkpoint")
     return result.checkpoint
+
+
+def history(result: ray.train.Result) -> list[dict[str, Any]]:
+    """Every round's metrics of a finished run, read from its latest checkpoint."""
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as d:
+        meta = json.loads((Path(d) / META_FILE).read_text())
+    return meta.get("history", [meta])
 
 
 def best_metrics(result: ray.train.Result) -> dict[str, Any]:

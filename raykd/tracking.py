@@ -1,0 +1,296 @@
+"""MLflow, and the only module that imports it: where runs are written, the study's parent run, one
+child run per trial (a Tune callback running in the driver, so workers never reach MLflow), single
+train/finetune runs, the plots, and the best student as a registered ``mlflow.pyfunc`` model that
+answers questions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+from raykd.config import RaykdConfig
+from raykd.errors import UserError
+from raykd.metrics import METRIC
+
+LOGGED_METRICS = (METRIC, "eval_exact_match", "train_loss", "train_kd", "train_ce", "train_cos",
+                  "learning_rate", "samples_per_sec", "epoch", "step")
+MODEL_NAME = "student"
+
+
+class TrackingError(UserError):
+    """The tracking store cannot be used (found before any trial starts)."""
+
+
+def resolve_uri(cfg: RaykdConfig, cli_uri: Optional[str] = None) -> str:
+    """--tracking-uri, else tracking.tracking_uri, else MLFLOW_TRACKING_URI, else a local sqlite
+    store in the working directory (absolute: Ray changes workers' cwd)."""
+    uri = cli_uri or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> Optional[str]:
+    # A local sqlite store keeps artifacts beside it; a server decides for itself.
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def connect(cfg: RaykdConfig, cli_uri: Optional[str] = None, timeout_s: float = 5.0) -> str:
+    """Point MLflow at the store and make sure it answers now, not after an hour of training."""
+    uri = resolve_uri(cfg, cli_uri)
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
+        except requests.RequestException as exc:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); "
+                                "start it, or pass --tracking-uri / --no-tracking") from None
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(cfg.tracking.experiment_name)
+        if exp is None:
+            mlflow.create_experiment(cfg.tracking.experiment_name, artifact_location=_artifact_root(uri))
+    except Exception as exc:  # any store error: say which store and stop before training
+        raise TrackingError(f"MLflow tracking store {uri} cannot be used: {exc}") from None
+    mlflow.set_experiment(cfg.tracking.experiment_name)
+    return uri
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "space":
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (dict, list)) else v
+    return out
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, float]:
+    return {k: float(row[k]) for k in LOGGED_METRICS if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Study (search) runs
+
+
+def start_study(cfg: RaykdConfig, uri: str, run_name: str) -> str:
+    """The study's parent run: the YAML as an artifact, settings as params. Returns its run id."""
+    client = MlflowClient()
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment_name)
+    run = client.create_run(exp.experiment_id, run_name=run_name,
+                            tags={"raykd.kind": "study", "raykd.search": cfg.search.name})
+    run_id = run.info.run_id
+    params = {k: str(v)[:500] for k, v in _flat(cfg.to_dict()).items() if not k.startswith("space")}
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in params.items()])
+    if cfg.source:
+        client.log_artifact(run_id, cfg.source, artifact_path="config")
+    client.log_dict(run_id, cfg.to_dict(), "config/resolved.yaml")
+    return run_id
+
+
+class TrialRunsCallback(MLflowLoggerCallback):
+    """Ray's MLflow logger callback, made to nest each trial under the study run and to tell the
+    truth about how a trial ended: metrics are indexed by evaluation round, a trial ASHA stopped
+    ends KILLED (tagged why) and a crashed one FAILED (tagged with the error)."""
+
+    def __init__(self, uri: str, experiment_name: str, parent_run_id: str):
+        super().__init__(tracking_uri=uri, experiment_name=experiment_name,
+                         tags={"mlflow.parentRunId": parent_run_id, "raykd.kind": "trial"})
+
+    def log_trial_start(self, trial) -> None:
+        self.tags = {**self.tags, "raykd.trial_id": trial.trial_id}
+        super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        run_id = self._trial_runs[trial]
+        self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=_metrics(result), step=int(result["round"]))
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        run_id = self._trial_runs[trial]
+        last = trial.last_result or {}
+        client = MlflowClient(self.tracking_uri)
+        if failed:
+            client.set_tag(run_id, "raykd.end", "failed")
+            client.set_tag(run_id, "raykd.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:500])
+            status = "FAILED"
+        elif not last.get("final", True):
+            client.set_tag(run_id, "raykd.end", f"stopped early by ASHA after round {last.get('round')}")
+            status = "KILLED"
+        else:
+            client.set_tag(run_id, "raykd.end", "completed")
+            status = "FINISHED"
+        self.mlflow_util.end_run(run_id=run_id, status=status)
+
+
+def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher: Optional[str],
+                 searched: list[str], optuna_study=None) -> dict[str, Any]:
+    """Best trial's params and metrics, the plots, and the best student (logged + registered)."""
+    out: dict[str, Any] = {"run_id": run_id}
+    with mlflow.start_run(run_id=run_id):
+        best = summary.get("best")
+        if best:
+            mlflow.log_params({f"best.{k}": best[k] for k in searched if k in best})
+            mlflow.log_metrics({f"best_{METRIC}": best[METRIC], "best_eval_exact_match": best["eval_exact_match"]})
+            mlflow.set_tag("raykd.best_trial", best["trial_id"])
+        mlflow.log_dict(summary, "summary.json")
+        _log_plots(summary, optuna_study)
+        if best and best.get("checkpoint_path"):
+            out.update(log_student(best["checkpoint_path"], cfg, teacher, best, study=cfg.search.name))
+    return out
+
+
+def _log_plots(summary: dict[str, Any], study=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in summary["trials"]:
+        curve = row.get("curve") or []
+        if curve:
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o",
+                    label=f"{row['trial_id']}{' (stopped)' if row.get('stopped_early') else ''}")
+    ax.set_xlabel("evaluation round")
+    ax.set_ylabel(METRIC)
+    ax.set_title(f"{METRIC} over rounds, all trials")
+    ax.legend(fontsize=7)
+    mlflow.log_figure(fig, "plots/eval_f1_by_round.png")
+    plt.close(fig)
+    if study is None:
+        return
+    import optuna.visualization.matplotlib as ovm
+
+    plots = {"optuna_history": ovm.plot_optimization_history, "optuna_parallel_coordinates": ovm.plot_parallel_coordinate}
+    completed = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(completed) >= 2 and len(study.trials[0].params) >= 2:
+        plots["optuna_param_importances"] = ovm.plot_param_importances
+    for name, fn in plots.items():
+        try:
+            ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.tight_layout()
+            mlflow.log_figure(fig, f"plots/{name}.png")
+            plt.close(fig)
+        except (ValueError, RuntimeError) as exc:  # e.g. too few finished trials for a plot
+            mlflow.set_tag(f"raykd.plot.{name}", f"skipped: {exc}"[:250])
+
+
+# ---------------------------------------------------------------------------------------------
+# Single runs (cli.py train / finetune)
+
+
+def log_single_run(cfg: RaykdConfig, mode: str, history: list[dict[str, Any]], best: dict[str, Any],
+                   checkpoint_dir: Optional[str], teacher: Optional[str]) -> dict[str, Any]:
+    with mlflow.start_run(run_name=f"{cfg.search.name}-{mode}", tags={"raykd.kind": mode}) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in _flat(cfg.to_dict()).items() if not k.startswith("space")})
+        if cfg.source:
+            mlflow.log_artifact(cfg.source, artifact_path="config")
+        for row in history:
+            mlflow.log_metrics(_metrics(row), step=int(row["round"]))
+        out = {"run_id": run.info.run_id}
+        if checkpoint_dir:
+            out.update(log_student(checkpoint_dir, cfg, teacher, best, study=None, register=False))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The student as an MLflow model
+
+
+class QAStudent(mlflow.pyfunc.PythonModel):
+    """Extractive QA: a DataFrame with ``question`` and ``context`` → ``answer``, ``score``,
+    ``start``, ``end`` (character span in the context). Long contexts use the same sliding
+    windows as evaluation."""
+
+    def load_context(self, context) -> None:
+        from raykd import models
+
+        path = context.artifacts["model"]
+        self.tokenizer = models.load_tokenizer(path)
+        self.model = models.load_qa_model(path).eval()
+        settings = json.loads(Path(context.artifacts["settings"]).read_text())
+        self.settings = settings
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from raykd import inference
+
+        rows = inference.answer(self.model, self.tokenizer, list(model_input["question"]),
+                                list(model_input["context"]), **self.settings)
+        return pd.DataFrame(rows)
+
+
+EXAMPLE = pd.DataFrame({
+    "question": ["Where was Alice Novak born?"],
+    "context": ["Alice Novak was born in Lisbon. Alice Novak works as a chemist."],
+})
+
+
+def _dir_size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: Optional[str], best: dict[str, Any],
+                study: Optional[str], register: Optional[bool] = None) -> dict[str, Any]:
+    """Log the checkpoint as a pyfunc model in the active run (+ metrics), register it if asked."""
+    import raykd
+    from raykd import models, train
+
+    register = cfg.tracking.register_best if register is None else register
+    with tempfile.TemporaryDirectory(prefix="raykd-model-") as tmp:
+        model_dir = Path(tmp) / "hf"
+        model_dir.mkdir()
+        for f in Path(checkpoint_dir).iterdir():
+            if f.is_file() and f.name != train.STATE_FILE:  # optimizer state is not part of the model
+                (model_dir / f.name).write_bytes(f.read_bytes())
+        settings = Path(tmp) / "settings.json"
+        settings.write_text(json.dumps({"max_length": cfg.data.max_length, "doc_stride": cfg.data.doc_stride,
+                                        "n_best": cfg.data.n_best, "max_answer_length": cfg.data.max_answer_length}))
+        qa = QAStudent()
+        qa.model = models.load_qa_model(str(model_dir)).eval()
+        qa.tokenizer = models.load_tokenizer(str(model_dir))
+        qa.settings = json.loads(settings.read_text())
+        example_out = qa.predict(None, EXAMPLE)
+        t0 = time.perf_counter()
+        reps = 5
+        for _ in range(reps):
+            qa.predict(None, EXAMPLE)
+        latency_ms = (time.perf_counter() - t0) / reps * 1000
+        signature = mlflow.models.infer_signature(EXAMPLE, example_out)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=QAStudent(),
+            artifacts={"model": str(model_dir), "settings": str(settings)},
+            code_paths=[str(Path(raykd.__file__).parent)],
+            signature=signature, input_example=EXAMPLE,
+            registered_model_name=cfg.tracking.registered_model_name if register else None,
+        )
+        mlflow.log_metrics({
+            "student_eval_f1": float(best.get(METRIC) or 0.0),
+            "student_eval_exact_match": float(best.get("eval_exact_match") or 0.0),
+            "student_parameters": float(sum(p.numel() for p in qa.model.parameters())),
+            "student_size_mb": _dir_size_mb(model_dir),
+            "student_latency_ms": latency_ms,
+        })
+    out: dict[str, Any] = {"model_uri": info.model_uri}
+    if register and info.registered_model_version is not None:
+        client = MlflowClient()
+        name, version = cfg.tracking.registered_model_name, str(info.registered_model_version)
+        if study:
+            client.set_model_version_tag(name, version, "study", study)
+        client.set_model_version_tag(name, version, "teacher", str(teacher))
+        client.set_model_version_tag(name, version, METRIC, f"{best.get(METRIC, 0.0):.4f}")
+        out.update({"registered_model": name, "version": version})
+    return out

@@ -1,0 +1,88 @@
+"""The real CLI in subprocesses: help, exit status and message on bad input, evaluate, train."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[1]
+
+
+def cli(*args, cwd, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ["search", "train", "finetune", "prepare", "evaluate"])
+def test_every_command_has_help(tmp_path, command):
+    out = cli(command, "--help", cwd=tmp_path)
+    assert out.returncode == 0 and "usage:" in out.stdout and "--" in out.stdout
+
+
+def test_search_help_documents_every_flag(tmp_path):
+    out = cli("search", "--help", cwd=tmp_path).stdout
+    for flag in ("--config", "--set", "--address", "--resume", "--tracking-uri", "--no-tracking", "--num-samples"):
+        assert flag in out
+
+
+def test_bad_config_key_exits_2_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill:\n  temprature: 3\n")
+    out = cli("train", "--config", str(bad), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "distill.temprature" in out.stderr and "bad.yaml" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_space_is_rejected_before_ray_starts(tmp_path):
+    src = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    src["space"]["optim.learning_rate"] = {"type": "loguniform", "low": 0.0, "high": 1e-3}
+    bad = tmp_path / "space.yaml"
+    bad.write_text(yaml.safe_dump(src))
+    out = cli("search", "--config", str(bad), "--no-tracking", cwd=tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert "space.optim.learning_rate" in out.stderr and "space.yaml" in out.stderr
+    assert not (tmp_path / "raykd_results").exists()  # nothing started
+
+
+def test_missing_inputs_exit_2(tmp_path):
+    out = cli("evaluate", "--model", "./nowhere", "--data", "nothing.json", cwd=tmp_path)
+    assert out.returncode == 2 and "no such file" in out.stderr
+    out = cli("search", "--config", "missing.yaml", cwd=tmp_path)
+    assert out.returncode == 2 and "no such config file" in out.stderr
+
+
+@pytest.mark.integration
+def test_train_then_evaluate_through_the_cli(tmp_path, tiny_models):
+    cfg = {
+        "data": {"synthetic": True, "synthetic_train_size": 120, "synthetic_eval_size": 30,
+                 "max_length": 96, "doc_stride": 32},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"])},
+        "optim": {"learning_rate": 2e-3, "num_epochs": 2, "batch_size": 16},
+        "search": {"name": "cli"},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = cli("train", "--config", str(path), "--set", "distill.temperature=3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert summary["rounds"] == 2 and 0 <= summary["eval_f1"] <= 100
+    assert Path(summary["checkpoint"]).is_dir()
+    # the run went to the default local store in the working directory
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow"]["run_id"])
+    assert run.data.params["distill.temperature"] == "3.0"
+    assert len(client.get_metric_history(run.info.run_id, "eval_f1")) == 2
+    data = tmp_path / "cache-free-dev.json"
+    data.write_text(json.dumps(__import__("raykd.synthetic", fromlist=["generate"]).generate(20, seed=5)))
+    ev = cli("evaluate", "--model", summary["checkpoint"], "--data", str(data), "--max-length", "96",
+             "--doc-stride", "32", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    scores = json.loads(ev.stdout)
+    assert scores["examples"] == 20 and 0 <= scores["f1"] <= 100
