@@ -96,7 +96,15 @@ def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False
     callbacks, parent = [], None
     if tracker:
         uri = tracker.resolve_uri(cfg, tracking_uri)
-        parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
+        # A resumed search keeps logging under the study run it started with.
+        parent_file = Path(train.storage_root(cfg)) / cfg.search.name / "mlflow_study_run_id"
+        if resume and parent_file.exists():
+            parent = parent_file.read_text().strip()
+        else:
+            parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
+            if "://" not in str(parent_file):
+                parent_file.parent.mkdir(parents=True, exist_ok=True)
+                parent_file.write_text(parent)
         callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
     summary = search_mod.run_search(cfg, study, n_features, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}

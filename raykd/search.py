@@ -215,7 +215,9 @@ def summarize(grid, keys: list[str]) -> dict[str, Any]:
                         "eval_exact_match": None, "rounds": 0, "stopped_early": False, "checkpoint_path": None})
             rows.append(row)
             continue
-        best = df.loc[df[METRIC].idxmax()]
+        # Among equal scores the latest round wins, as in Train's checkpoint manager and in
+        # prune_checkpoints, so the row's checkpoint is the one that was kept.
+        best = df.loc[df[METRIC][::-1].idxmax()]
         last = df.iloc[-1]
         final = bool(last.get("final", True))
         row.update({
