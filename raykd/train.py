@@ -321,6 +321,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final, steps_per_epoch,
             train_metrics, eval_feats, examples, device, amp_dtype, history) -> None:
     metrics: dict[str, Any] = {
+        # Where this run's rank 0 ran (which node of a cluster), for the record.
+        "node_id": ray.get_runtime_context().get_node_id(),
         "round": rnd,
         # True on the run's last round: a trial whose last result is not final was stopped early.
         "final": final,
