@@ -149,7 +149,8 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
     # max_t one past the last round: a trial that completes ends by returning from fit() (Train
     # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves its
     # placement group to Train's asynchronous cleaner.
-    scheduler = ASHAScheduler(time_attr="round", max_t=max_rounds + 1, grace_period=s.grace_period,
+    # A grace period past the last round simply means no early stopping.
+    scheduler = ASHAScheduler(time_attr="round", max_t=max_rounds + 1, grace_period=min(s.grace_period, max_rounds + 1),
                               reduction_factor=s.reduction_factor)
     tuner = tune.Tuner(
         trainable,

@@ -45,7 +45,9 @@ def two_node_cluster(tmp_path):
     stops the Ray processes it started when it is terminated."""
     port = _free_port()
     temp = Path("/tmp") / f"rkd{port}"  # short: unix socket paths are limited to 107 bytes
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray 2.60 enables token auth for clusters started with `ray start`; joining one by address
+    # needs RAY_AUTH_MODE=token (the token is in ~/.ray/auth_token), as a user's shell would.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
     procs = []
 
     def start(args, name):
@@ -56,11 +58,11 @@ def two_node_cluster(tmp_path):
         return p
 
     try:
-        start(["--head", f"--port={port}", "--num-cpus=2", '--resources={"node_a": 1, "trial_slot": 1}',
+        start(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", '--resources={"node_a": 1, "trial_slot": 1}',
                f"--temp-dir={temp}", "--include-dashboard=true", f"--dashboard-port={_free_port()}"], "head")
         address = f"127.0.0.1:{port}"
         _wait_nodes(address, 1, env, tmp_path)
-        start([f"--address={address}", "--num-cpus=2", '--resources={"node_b": 1, "trial_slot": 1}'], "worker")
+        start([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=2", '--resources={"node_b": 1, "trial_slot": 1}'], "worker")
         _wait_nodes(address, 2, env, tmp_path)
         yield address, env
     finally:
@@ -79,13 +81,15 @@ def _wait_nodes(address, n, env, tmp_path, timeout=120):
     code = ("import ray,sys; ray.init(address=sys.argv[1], log_to_driver=False); "
             "print(sum(1 for x in ray.nodes() if x['Alive']))")
     deadline = time.time() + timeout
+    last = ""
     while time.time() < deadline:
         out = subprocess.run([sys.executable, "-c", code, address], env=env, capture_output=True, text=True)
         if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
             return
+        last = out.stderr[-1500:]
         time.sleep(2)
     logs = "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("*.log"))
-    pytest.fail(f"cluster did not reach {n} nodes: {logs}")
+    pytest.fail(f"cluster did not reach {n} nodes: {last}\n{logs}")
 
 
 @pytest.mark.integration
