@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,25 +33,31 @@ from transformers import (BertConfig, BertForQuestionAnswering,
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raykd import losses, models  # noqa: E402
+from raykd import losses, models  # noqa: E402  (the loss a trial uses)
 
 MODES = ("plain", "online", "cached")
 
 
-def build(arch: str):
-    """(teacher, student) with random weights: real architectures on GPU, MiniLM-sized on CPU."""
+def build_teacher(arch: str):
+    """Random-weight teacher: bert-base shape on GPU, MiniLM-L6-H384 shape on CPU."""
     if arch == "real":
-        teacher = BertForQuestionAnswering(BertConfig())  # bert-base-uncased shape
-        student = DistilBertForQuestionAnswering(DistilBertConfig())  # distilbert-base-uncased shape
-    elif arch == "minilm":
-        cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
-        teacher = BertForQuestionAnswering(cfg)
-        student = models.student_from_layers(teacher, [0, 2, 4])
-    else:
-        cfg = BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2, intermediate_size=128)
-        teacher = BertForQuestionAnswering(cfg)
-        student = models.student_from_layers(teacher, [0, 2])
-    return teacher, student
+        return BertForQuestionAnswering(BertConfig())
+    if arch == "minilm":
+        return BertForQuestionAnswering(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                                   intermediate_size=1536))
+    return BertForQuestionAnswering(BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+                                               intermediate_size=128))
+
+
+def build_student(arch: str):
+    """distilbert-base shape on GPU; on CPU half the teacher's layers (the quickstart's student)."""
+    if arch == "real":
+        return DistilBertForQuestionAnswering(DistilBertConfig())
+    if arch == "minilm":
+        return BertForQuestionAnswering(BertConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
+                                                   intermediate_size=1536))
+    return BertForQuestionAnswering(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=128))
 
 
 def batches(n: int, batch_size: int, seq: int, vocab: int, device, seed: int = 0):
@@ -103,9 +108,8 @@ def sync(device):
 
 def time_modes(args, device, amp):
     """Interleaved rounds of every mode on the same batches; median samples/s per mode."""
-    teacher, student = build(args.arch)
-    teacher = teacher.to(device).eval()
-    student = student.to(device).train()
+    teacher = build_teacher(args.arch).to(device).eval()
+    student = build_student(args.arch).to(device).train()
     data = batches(args.steps, args.batch_size, args.seq_len, teacher.config.vocab_size, device)
     with torch.no_grad(), torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
         # What `prepare` stores: fp16 start/end logits of every feature.
@@ -130,15 +134,13 @@ def time_modes(args, device, amp):
 
 
 def peak_memory_child(args, mode, device, amp) -> float:
-    """Peak memory (MiB) of a trial-like process in one mode: GPU allocator peak on CUDA, RSS on CPU.
+    """Peak memory (MiB) of a trial-like process in one mode: GPU allocator peak on CUDA; on CPU the
+    peak resident set from model construction on (the high-water mark is reset after imports).
     In cached mode the teacher is never built, as in a real trial."""
-    teacher, student = build(args.arch)
-    if mode != "online":
-        del teacher
-        teacher = None
-    student = student.to(device).train()
-    if teacher is not None:
-        teacher = teacher.to(device).eval()
+    if device.type == "cpu":
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    student = build_student(args.arch).to(device).train()
+    teacher = build_teacher(args.arch).to(device).eval() if mode == "online" else None
     vocab = student.config.vocab_size
     data = batches(3, args.batch_size, args.seq_len, vocab, device)
     cached = [torch.randn(args.batch_size, 2, args.seq_len, device=device).half() for _ in data]
@@ -151,13 +153,13 @@ def peak_memory_child(args, mode, device, amp) -> float:
         step(b, c)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
 
 def prepare_time(args, device, amp) -> dict:
     """One `prepare`: the teacher over N features, batched, fp16 out (as raykd.teacher_cache does)."""
-    teacher, _ = build(args.arch)
-    teacher = teacher.to(device).eval()
+    teacher = build_teacher(args.arch).to(device).eval()
     bs = 256 if device.type == "cuda" else 32
     data = batches(max(1, args.prepare_features // bs), bs, args.seq_len, teacher.config.vocab_size, device, seed=1)
     names = models.accepted_inputs(teacher)
@@ -189,7 +191,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="batches per timed round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--prepare-features", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
