@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -104,7 +103,7 @@ def cmd_search(args) -> int:
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from raykd.errors import UserError
 

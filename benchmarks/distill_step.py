@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import (BertConfig, BertForQuestionAnswering,
-                          DistilBertConfig, DistilBertForQuestionAnswering)
+from transformers import BertConfig, BertForQuestionAnswering, DistilBertConfig, DistilBertForQuestionAnswering
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raykd import losses, models  # noqa: E402  (the loss a trial uses)
+from raykd import losses, models
 
 MODES = ("plain", "online", "cached")
 

@@ -9,7 +9,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from datasets import Dataset, load_dataset
 
@@ -28,7 +28,7 @@ class LoadedSplit:
     skipped: int  # records whose answer text does not match the context at answer_start
 
 
-def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[Optional[str], Optional[str]]:
+def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None]:
     """Local train/validation files, generating the synthetic set on first use."""
     if cfg.synthetic:
         root = cache_dir / "synthetic"
@@ -125,13 +125,13 @@ def _tokenize(batch: dict[str, list], tokenizer, max_length: int, doc_stride: in
     )
 
 
-def _context_range(seq_ids: list[Optional[int]]) -> tuple[int, int]:
+def _context_range(seq_ids: list[int | None]) -> tuple[int, int]:
     first = seq_ids.index(1)
     last = len(seq_ids) - 1 - seq_ids[::-1].index(1)
     return first, last
 
 
-def _span_mask(seq_ids: list[Optional[int]], cls_index: int) -> list[int]:
+def _span_mask(seq_ids: list[int | None], cls_index: int) -> list[int]:
     # Context tokens and CLS (the "no answer in this window" position) may hold an answer;
     # question tokens, separators and padding may not.
     return [1 if (s == 1 or i == cls_index) else 0 for i, s in enumerate(seq_ids)]

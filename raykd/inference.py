@@ -5,7 +5,8 @@ training loop's evaluation, ``cli.py evaluate`` and the logged MLflow model. No 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -8,8 +8,6 @@ never receive probability mass in either the teacher's or the student's distribu
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -89,15 +87,15 @@ def distillation_loss(
     end_positions: torch.Tensor,
     span_mask: torch.Tensor,
     *,
-    teacher_start: Optional[torch.Tensor] = None,
-    teacher_end: Optional[torch.Tensor] = None,
+    teacher_start: torch.Tensor | None = None,
+    teacher_end: torch.Tensor | None = None,
     temperature: float = 1.0,
     alpha_ce: float = 0.0,
     alpha_squad: float = 1.0,
     alpha_cos: float = 0.0,
-    student_hidden: Optional[torch.Tensor] = None,
-    teacher_hidden: Optional[torch.Tensor] = None,
-    attention_mask: Optional[torch.Tensor] = None,
+    student_hidden: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """L = alpha_ce · L_kd + alpha_squad · L_ce [+ alpha_cos · L_cos].
 

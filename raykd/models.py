@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
@@ -107,7 +108,7 @@ def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTr
 
 
 def build_student(
-    student: str, init_layers: Optional[Sequence[int]], init_source: Optional[str]
+    student: str, init_layers: Sequence[int] | None, init_source: str | None
 ) -> PreTrainedModel:
     if init_layers:
         if not init_source:

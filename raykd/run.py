@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from raykd.config import RaykdConfig
 from raykd.errors import UserError
 from raykd.metrics import METRIC
 
 
-def _tracking(cfg: RaykdConfig, tracking_uri: Optional[str], enabled: bool):
+def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
     """The tracking module, connected (fails fast on an unreachable store), or None when off."""
     if not (enabled and cfg.tracking.enabled):
         return None
@@ -24,7 +24,7 @@ def _tracking(cfg: RaykdConfig, tracking_uri: Optional[str], enabled: bool):
     return tracking
 
 
-def single_run(cfg: RaykdConfig, mode: str, address: Optional[str] = None, tracking_uri: Optional[str] = None,
+def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking_uri: str | None = None,
                tracking: bool = True) -> dict[str, Any]:
     """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
     from raykd import train
@@ -54,7 +54,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: Optional[str] = None, track
     }
 
 
-def prepare(cfg: RaykdConfig, address: Optional[str] = None) -> dict[str, Any]:
+def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
     from raykd import train
 
     train.init_ray(address)
@@ -80,8 +80,8 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
             "skipped": loaded.skipped}
 
 
-def search(cfg: RaykdConfig, address: Optional[str] = None, resume: bool = False,
-           tracking_uri: Optional[str] = None, tracking: bool = True) -> dict[str, Any]:
+def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
+           tracking_uri: str | None = None, tracking: bool = True) -> dict[str, Any]:
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
     from raykd import search as search_mod
     from raykd import spaces, teacher_cache, train

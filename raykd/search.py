@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import optuna
 import pyarrow.fs as pafs
@@ -44,7 +44,7 @@ class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: result.get("round", result[TRAINING_ITERATION])})
 
-    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and self.metric in result and trial_id not in self._completed_trials:
             # Tune hands a result that ends a trial (ASHA's max_t, or a stop) to on_trial_complete
             # only; record it as the trial's last intermediate value too.
@@ -88,7 +88,7 @@ def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
     return n
 
 
-def optuna_storage(experiment_path: str) -> Optional[optuna.storages.BaseStorage]:
+def optuna_storage(experiment_path: str) -> optuna.storages.BaseStorage | None:
     """The Optuna study lives beside the experiment (sqlite) when storage is local, so it can be
     inspected after the search (optuna-dashboard, ``optuna.load_study``); in memory otherwise."""
     if "://" in experiment_path:
@@ -97,7 +97,7 @@ def optuna_storage(experiment_path: str) -> Optional[optuna.storages.BaseStorage
     return optuna.storages.RDBStorage(f"sqlite:///{experiment_path}/optuna.db")
 
 
-def load_optuna_study(cfg: RaykdConfig, experiment_path: str) -> Optional[optuna.Study]:
+def load_optuna_study(cfg: RaykdConfig, experiment_path: str) -> optuna.Study | None:
     storage = optuna_storage(experiment_path)
     return None if storage is None else optuna.load_study(study_name=cfg.search.name, storage=storage)
 
@@ -163,7 +163,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
     return SearchSetup(tuner, experiment_path, params)
 
 
-def run_search(cfg: RaykdConfig, study: train.Study, n_train_features: int, callbacks: Optional[list] = None,
+def run_search(cfg: RaykdConfig, study: train.Study, n_train_features: int, callbacks: list | None = None,
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from raykd import config as config_mod
 from raykd.errors import UserError
@@ -33,15 +33,15 @@ class SpaceError(UserError):
 class Param:
     key: str
     kind: str  # one of KINDS, or "constant"
-    low: Optional[float] = None
-    high: Optional[float] = None
-    step: Optional[int] = None
+    low: float | None = None
+    high: float | None = None
+    step: int | None = None
     values: tuple = ()
-    of: Optional[str] = None
+    of: str | None = None
     value: Any = None
 
 
-def _err(source: Optional[str], key: str, msg: str) -> SpaceError:
+def _err(source: str | None, key: str, msg: str) -> SpaceError:
     where = f"{source}: space.{key}" if source else f"space.{key}"
     return SpaceError(f"{where}: {msg}")
 
@@ -72,7 +72,7 @@ def _check_value(key: str, value: Any, source) -> None:
         raise _err(source, key, f"temperature must be > 0, got {value!r}")
 
 
-def parse(space: dict[str, Any], source: Optional[str] = None) -> list[Param]:
+def parse(space: dict[str, Any], source: str | None = None) -> list[Param]:
     """Validate a raw ``space:`` mapping into Params; raises SpaceError naming file and key."""
     params: list[Param] = []
     for key, spec in space.items():
@@ -160,7 +160,7 @@ def searched_keys(params: list[Param]) -> list[str]:
     return [p.key for p in params if p.kind not in ("constant", "complement")]
 
 
-def check_point(point: dict[str, Any], params: list[Param], source: Optional[str]) -> None:
+def check_point(point: dict[str, Any], params: list[Param], source: str | None) -> None:
     """A ``points_to_evaluate`` entry must set exactly the searched keys, with allowed values."""
     wanted = set(searched_keys(params))
     if set(point) != wanted:

@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ class Prepared:
     """A prepared folder, as every trial sees it."""
 
     root: Path
-    teacher_file: Optional[str] = None  # relative to root; None when no teacher logits
+    teacher_file: str | None = None  # relative to root; None when no teacher logits
 
     def train(self) -> Dataset:
         return load_from_disk(str(self.root / "train"))
@@ -147,7 +148,7 @@ def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> t
 
 @torch.no_grad()
 def compute_teacher_logits(
-    teacher_name: str, root: str, batch_size: int = 64, device: Optional[str] = None, progress: bool = True
+    teacher_name: str, root: str, batch_size: int = 64, device: str | None = None, progress: bool = True
 ) -> np.ndarray:
     """Teacher forward over every training feature → float16 [N, 2, L]. Runs where it is called
     (a Ray task with a GPU when :func:`prepare` finds one)."""
@@ -179,7 +180,7 @@ def _valid_logits(root: Path, entry: dict[str, Any]) -> bool:
 def prepare_teacher_logits(
     prepared: Prepared,
     teacher_name: str,
-    compute: Optional[Callable[[str, str], np.ndarray]] = None,
+    compute: Callable[[str, str], np.ndarray] | None = None,
 ) -> tuple[Prepared, bool]:
     """Attach (or reuse) the teacher's logits. ``compute(teacher_name, root)`` defaults to an
     in-process :func:`compute_teacher_logits`. Returns (prepared, computed_now)."""

@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -31,21 +31,21 @@ class TrackingError(UserError):
     """The tracking store cannot be used (found before any trial starts)."""
 
 
-def resolve_uri(cfg: RaykdConfig, cli_uri: Optional[str] = None) -> str:
+def resolve_uri(cfg: RaykdConfig, cli_uri: str | None = None) -> str:
     """--tracking-uri, else tracking.tracking_uri, else MLFLOW_TRACKING_URI, else a local sqlite
     store in the working directory (absolute: Ray changes workers' cwd)."""
     uri = cli_uri or cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def _artifact_root(uri: str) -> Optional[str]:
+def _artifact_root(uri: str) -> str | None:
     # A local sqlite store keeps artifacts beside it; a server decides for itself.
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return None
 
 
-def connect(cfg: RaykdConfig, cli_uri: Optional[str] = None, timeout_s: float = 5.0) -> str:
+def connect(cfg: RaykdConfig, cli_uri: str | None = None, timeout_s: float = 5.0) -> str:
     """Point MLflow at the store and make sure it answers now, not after an hour of training."""
     uri = resolve_uri(cfg, cli_uri)
     if uri.startswith(("http://", "https://")):
@@ -135,7 +135,7 @@ class TrialRunsCallback(MLflowLoggerCallback):
         self.mlflow_util.end_run(run_id=run_id, status=status)
 
 
-def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher: Optional[str],
+def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher: str | None,
                  searched: list[str], optuna_study=None) -> dict[str, Any]:
     """Best trial's params and metrics, the plots, and the best student (logged + registered)."""
     out: dict[str, Any] = {"run_id": run_id}
@@ -194,7 +194,7 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
 
 
 def log_single_run(cfg: RaykdConfig, mode: str, history: list[dict[str, Any]], best: dict[str, Any],
-                   checkpoint_dir: Optional[str], teacher: Optional[str]) -> dict[str, Any]:
+                   checkpoint_dir: str | None, teacher: str | None) -> dict[str, Any]:
     with mlflow.start_run(run_name=f"{cfg.search.name}-{mode}", tags={"raykd.kind": mode}) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in _flat(cfg.to_dict()).items() if not k.startswith("space")})
         if cfg.source:
@@ -243,8 +243,8 @@ def _dir_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: Optional[str], best: dict[str, Any],
-                study: Optional[str], register: Optional[bool] = None) -> dict[str, Any]:
+def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best: dict[str, Any],
+                study: str | None, register: bool | None = None) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run (+ metrics), register it if asked."""
     import raykd
     from raykd import models, train

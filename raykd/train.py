@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import ray
@@ -59,15 +59,15 @@ class Study:
     """What every run of a study shares: computed once, handed to all trials."""
 
     prepared: str
-    teacher_file: Optional[str]
-    teacher: Optional[str]
+    teacher_file: str | None
+    teacher: str | None
     tokenizer: str
 
     def loop_config(self, cfg: RaykdConfig, mode: str) -> dict[str, Any]:
         return {"cfg": cfg.to_dict(), "mode": mode, **self.__dict__}
 
 
-def ensure_teacher(cfg: RaykdConfig) -> Optional[str]:
+def ensure_teacher(cfg: RaykdConfig) -> str | None:
     """The teacher to use: ``models.teacher`` as given, or, when it is unset and
     ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached on disk."""
     if cfg.models.teacher:
@@ -146,7 +146,7 @@ def _remote_compute():
 class _Features(torch.utils.data.Dataset):
     """Training features plus, in cached mode, the teacher's logits of the same rows."""
 
-    def __init__(self, features, names, teacher_logits: Optional[np.ndarray]):
+    def __init__(self, features, names, teacher_logits: np.ndarray | None):
         cols = list(names) + ["start_positions", "end_positions", "span_mask"]
         self.ds = features.with_format("torch", columns=cols)
         self.logits = teacher_logits
@@ -177,7 +177,7 @@ def expected_rounds(cfg: RaykdConfig, n_features: int) -> int:
     return math.ceil(total / every)
 
 
-def _precision(name: str, device: torch.device) -> Optional[torch.dtype]:
+def _precision(name: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or name == "fp32":
         return None
     if name == "auto":
@@ -194,7 +194,7 @@ def _seed(seed: int) -> None:
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     cfg = RaykdConfig.from_dict(loop["cfg"])
     mode = loop["mode"]
-    opt, dist, dcfg = cfg.optim, cfg.distill, cfg.data
+    opt, dist = cfg.optim, cfg.distill
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _seed(opt.seed)
@@ -362,8 +362,8 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
 
 
 def build_trainer(
-    cfg: RaykdConfig, loop_config: dict[str, Any], name: str, storage_path: Optional[str] = None,
-    callbacks: Optional[list] = None,
+    cfg: RaykdConfig, loop_config: dict[str, Any], name: str, storage_path: str | None = None,
+    callbacks: list | None = None,
 ) -> TorchTrainer:
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
@@ -389,7 +389,7 @@ def build_trainer(
     )
 
 
-def init_ray(address: Optional[str] = None) -> None:
+def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded single-node Ray."""
     if ray.is_initialized():
         return
@@ -400,7 +400,7 @@ def init_ray(address: Optional[str] = None) -> None:
              configure_logging=True, logging_level="WARNING")
 
 
-def fit(cfg: RaykdConfig, mode: str, name: Optional[str] = None, study: Optional[Study] = None) -> ray.train.Result:
+def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | None = None) -> ray.train.Result:
     """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
     if study is None:
         study, _ = prepare_study(cfg, mode)

@@ -1,6 +1,7 @@
 import json
 
 from conftest import write_squad
+
 from raykd import data, synthetic
 from raykd.config import DataConfig
 

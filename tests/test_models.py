@@ -1,7 +1,7 @@
+import helpers
 import pytest
 import torch
 
-import helpers
 from raykd import models
 
 

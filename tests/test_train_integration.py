@@ -3,11 +3,11 @@
 import os
 import shutil
 
+import helpers
 import pytest
 import ray
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-import helpers
 from raykd import train
 from raykd.config import RaykdConfig
 from raykd.metrics import METRIC
