@@ -18,10 +18,6 @@ from raykd.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-# Columns that go to the model (others are bookkeeping for post-processing).
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 @dataclass
 class LoadedSplit:
     examples: Dataset
