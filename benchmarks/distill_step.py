@@ -37,26 +37,26 @@ from raykd import losses, models
 MODES = ("plain", "online", "cached")
 
 
+# (hidden, heads, intermediate, teacher layers) of the random-weight BERTs timed on CPU.
+CPU_SHAPES = {"minilm": (384, 12, 1536, 6), "tiny": (64, 2, 128, 4)}
+
+
+def _bert(arch: str, layers: int):
+    hidden, heads, inter, _ = CPU_SHAPES[arch]
+    return BertForQuestionAnswering(BertConfig(hidden_size=hidden, num_hidden_layers=layers,
+                                               num_attention_heads=heads, intermediate_size=inter))
+
+
 def build_teacher(arch: str):
     """Random-weight teacher: bert-base shape on GPU, MiniLM-L6-H384 shape on CPU."""
-    if arch == "real":
-        return BertForQuestionAnswering(BertConfig())
-    if arch == "minilm":
-        return BertForQuestionAnswering(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                                   intermediate_size=1536))
-    return BertForQuestionAnswering(BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
-                                               intermediate_size=128))
+    return BertForQuestionAnswering(BertConfig()) if arch == "real" else _bert(arch, CPU_SHAPES[arch][3])
 
 
 def build_student(arch: str):
     """distilbert-base shape on GPU; on CPU half the teacher's layers (the quickstart's student)."""
     if arch == "real":
         return DistilBertForQuestionAnswering(DistilBertConfig())
-    if arch == "minilm":
-        return BertForQuestionAnswering(BertConfig(hidden_size=384, num_hidden_layers=3, num_attention_heads=12,
-                                                   intermediate_size=1536))
-    return BertForQuestionAnswering(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=128))
+    return _bert(arch, CPU_SHAPES[arch][3] // 2)
 
 
 def batches(n: int, batch_size: int, seq: int, vocab: int, device, seed: int = 0):

@@ -118,7 +118,6 @@ def optuna_trials(cfg: RaykdConfig, experiment_path: str) -> list[dict[str, Any]
 class SearchSetup:
     tuner: tune.Tuner
     experiment_path: str
-    params: list[spaces.Param]
 
 
 def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max_rounds: int,
@@ -136,7 +135,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
             raise FileNotFoundError(f"--resume: no experiment to resume at {experiment_path}")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
-        return SearchSetup(tuner, experiment_path, params)
+        return SearchSetup(tuner, experiment_path)
     searcher = TruthfulOptunaSearch(
         space=spaces.define_by_run(params),
         study_name=s.name,
@@ -160,7 +159,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
         ),
         run_config=tune.RunConfig(name=s.name, storage_path=storage, callbacks=callbacks, verbose=1),
     )
-    return SearchSetup(tuner, experiment_path, params)
+    return SearchSetup(tuner, experiment_path)
 
 
 def run_search(cfg: RaykdConfig, study: train.Study, n_train_features: int, callbacks: list | None = None,

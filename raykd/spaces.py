@@ -49,15 +49,10 @@ def _err(source: str | None, key: str, msg: str) -> SpaceError:
 def _number(spec: dict, name: str, source, key) -> float:
     if name not in spec:
         raise _err(source, key, f"missing '{name}'")
-    v = spec[name]
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            pass
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _err(source, key, f"'{name}' must be a number, got {v!r}")
-    return float(v)
+    try:
+        return config_mod._check_type(spec[name], float, name, None)
+    except config_mod.ConfigError:
+        raise _err(source, key, f"'{name}' must be a number, got {spec[name]!r}") from None
 
 
 def _check_value(key: str, value: Any, source) -> None:

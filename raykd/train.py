@@ -226,7 +226,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         teacher = models.load_teacher(loop["teacher"]).to(device)
         teacher_names = models.accepted_inputs(teacher)
 
-    train_ds = _Features(prepared.train(), set(names) | {"token_type_ids", "input_ids", "attention_mask"},
+    # All three inputs: an online BERT teacher needs token_type_ids even when the student does not.
+    train_ds = _Features(prepared.train(), ("input_ids", "attention_mask", "token_type_ids"),
                          prepared.teacher_logits() if cached else None)
     g = torch.Generator()
     g.manual_seed(opt.seed)
