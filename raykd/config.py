@@ -122,9 +122,21 @@ class SearchConfig:
     num_samples: int = 8
     # None: derived from the cluster's resources and the per-trial ScalingConfig.
     max_concurrent_trials: int | None = None
-    grace_period: int = 1
+    # Evaluation rounds of every trial, at equal fractions of the trial's own training (round k of
+    # R after k/R of its optimizer steps), so trials with different batch sizes or epochs are
+    # compared by ASHA at the same share of their schedule. None: the base config's round count
+    # (optim.eval_every_steps, else once per epoch).
+    rounds: int | None = None
+    # Early stopping: ASHA on eval rounds, or fifo (every trial runs its whole schedule).
+    scheduler: Literal["asha", "fifo"] = "asha"
+    # ASHA's first rung, in rounds. None: the first round after warm-up that lies at or past
+    # min_share_before_stop of the training (see search.grace_rounds).
+    grace_period: int | None = None
+    min_share_before_stop: float = 0.5
     reduction_factor: int = 2
-    max_rounds: int | None = None
+    # The per-trial score that Optuna is told and that the summary and the registry rank by:
+    # the trial's best round, or its last round.
+    trial_score: Literal["best", "last"] = "best"
     seed: int = 0
     n_startup_trials: int = 10
     # Configurations tried first (a known-good baseline), as flat {dotted.key: value} mappings.
@@ -273,7 +285,10 @@ def validate(cfg: RaykdConfig) -> None:
         (cfg.search.num_samples > 0, "search.num_samples", "must be > 0"),
         (cfg.search.keep_checkpoints > 0, "search.keep_checkpoints", "must be > 0"),
         (cfg.search.reduction_factor >= 2, "search.reduction_factor", "must be >= 2"),
-        (cfg.search.grace_period >= 1, "search.grace_period", "must be >= 1"),
+        (cfg.search.grace_period is None or cfg.search.grace_period >= 1, "search.grace_period", "must be >= 1"),
+        (cfg.search.rounds is None or cfg.search.rounds >= 1, "search.rounds", "must be >= 1"),
+        (0 < cfg.search.min_share_before_stop <= 1, "search.min_share_before_stop", "must be in (0, 1]"),
+        (0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raykd.config import RaykdConfig
+from raykd.config import RaykdConfig, with_values
 from raykd.errors import UserError
 from raykd.metrics import METRIC
 
@@ -86,13 +86,23 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     from raykd import search as search_mod
     from raykd import spaces, teacher_cache, train
 
-    params = spaces.parse(cfg.space, cfg.source)  # a bad space fails before Ray starts
+    # Everything a trial could refuse is refused here, before Ray starts.
+    params = spaces.parse(cfg.space, cfg.source)
+    spaces.check_keys(params, cfg.source)
+    # The space's constants are part of every trial's config, hence of the study it prepares.
+    cfg = with_values(cfg, spaces.constants(params))
+    spaces.check_corners(cfg, params)
     for point in cfg.search.points_to_evaluate:
         spaces.check_point(point, params, cfg.source)
+    _check_searched_vocabularies(cfg, params)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
     train.init_ray(address)
-    study, info = train.prepare_study(cfg, train.DISTILL)
+    study, info = train.prepare_study(cfg, train.DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
     n_features = teacher_cache.Prepared(Path(study.prepared)).manifest()["n_train_features"]
+    the_plan = search_mod.plan(cfg, params, n_features)
+    print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
+          + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
+          + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
     callbacks, parent = [], None
     if tracker:
         uri = tracker.resolve_uri(cfg, tracking_uri)
@@ -106,7 +116,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
                 parent_file.parent.mkdir(parents=True, exist_ok=True)
                 parent_file.write_text(parent)
         callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
-    summary = search_mod.run_search(cfg, study, n_features, callbacks=callbacks, resume=resume)
+    summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}
     if tracker:
         summary["mlflow"] = tracker.finish_study(
@@ -117,7 +127,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     best = summary["best"]
     if best:
         print(f"\nbest trial {best['trial_id']}: {METRIC}={best[METRIC]:.2f} "
-              f"EM={best['eval_exact_match']:.2f} (round {best['best_round']})")
+              f"EM={best['eval_exact_match']:.2f} (round {best['score_round']}, its {summary['trial_score']} round)")
         print("best config: " + json.dumps({k: best[k] for k in spaces.searched_keys(params)}))
         print(f"best checkpoint: {best['checkpoint_path']}")
     if summary.get("mlflow", {}).get("registered_model"):
@@ -125,3 +135,21 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})")
     print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
     return summary
+
+
+def _check_searched_vocabularies(cfg: RaykdConfig, params) -> None:
+    """A searched student or teacher must share the teacher's vocabulary, like the base pair
+    (which prepare_study checks): checked for every choice before any trial starts."""
+    from raykd import models, spaces
+
+    searched = {p.key for p in params if p.kind != "constant"}
+    if not searched & {"models.student", "models.teacher"}:
+        return
+    teachers = [t for t in spaces.values_of(params, cfg, "models.teacher") if t] or \
+        [cfg.models.teacher_finetune.base]
+    for teacher in teachers:
+        for student in spaces.values_of(params, cfg, "models.student"):
+            try:
+                models.check_tokenizers(models.load_tokenizer(teacher), models.load_tokenizer(student))
+            except ValueError as exc:
+                raise UserError(f"{cfg.source or 'config'}: space: {student} with teacher {teacher}: {exc}") from None

@@ -1,8 +1,14 @@
 """The search: a Ray Tune ``Tuner`` over a per-trial driver function that builds the trial's
 ``TorchTrainer`` (Train V2 + ``TuneReportCallback``), with ``OptunaSearch`` (seeded multivariate
-TPE) proposing hyperparameters and ``ASHAScheduler`` stopping bad trials on ``eval_f1``, whose time
-unit is the evaluation round the loop reports. Also: concurrency derived from cluster resources,
-resume, and the summary of all trials.
+TPE) proposing hyperparameters and ``ASHAScheduler`` stopping bad trials on ``eval_f1``. Also: the
+study broker (a study per distinct value of a study-changing key), concurrency derived from cluster
+resources, resume, and the summary of all trials.
+
+Rounds: every trial reports ``search.rounds`` evaluation rounds, round k after k/R of its own
+optimizer steps, whatever its batch size or epochs; ``round`` is ASHA's time unit, so trials are
+compared at the same share of their schedules, and a trial that runs its schedule reports round R
+with ``final`` true. A trial's score (``search.trial_score``: its best or its last round) is what
+Optuna is told, what the summary ranks by and what the registry registers.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.result import TRAINING_ITERATION
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raykd import spaces, train
@@ -39,31 +45,85 @@ class TruthfulOptunaSearch(OptunaSearch):
     which misleads TPE. Here intermediate values are indexed by the loop's ``round``, and a trial
     whose last result is not its ``final`` round is told as PRUNED (Optuna keeps its intermediate
     values; TPE treats it as the partial result it is).
+
+    One objective: the value of a round, as Optuna sees it, is the trial's score so far under
+    ``trial_score`` (``best``: the best round up to it; ``last``: that round), so a COMPLETE
+    trial's value and a PRUNED trial's last intermediate value both equal the score the summary
+    ranks it by. Each round is reported once (a repeated step is only a warning in Optuna).
+    The per-trial state lives in ``__dict__``, which Ray pickles with the searcher for resume.
     """
 
+    def __init__(self, *args, trial_score: str = "best", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._trial_score = trial_score
+        self._score: dict[str, float] = {}
+        self._reported: dict[str, set[int]] = {}
+
+    def _better(self, a: float, b: float) -> float:
+        return max(a, b) if self._mode == "max" else min(a, b)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: result.get("round", result[TRAINING_ITERATION])})
+        if trial_id in self._completed_trials or self.metric not in result:
+            return
+        rnd = int(result.get("round", result[TRAINING_ITERATION]))
+        value = float(result[self.metric])
+        prev = self._score.get(trial_id)
+        self._score[trial_id] = value if prev is None or self._trial_score == "last" else self._better(prev, value)
+        if rnd in self._reported.setdefault(trial_id, set()):
+            return
+        self._reported[trial_id].add(rnd)
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: rnd, self.metric: self._score[trial_id]})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and self.metric in result and trial_id not in self._completed_trials:
+        if result and self.metric in result:
             # Tune hands a result that ends a trial (ASHA's max_t, or a stop) to on_trial_complete
             # only; record it as the trial's last intermediate value too.
             self.on_trial_result(trial_id, result)
-        if result and not error and not result.get("final", True):
-            # Without the metric, OptunaSearch tells the trial as PRUNED.
-            result = {k: v for k, v in result.items() if k != self.metric}
+        if result and not error:
+            if not result.get("final", True) or trial_id not in self._score:
+                # Without the metric, OptunaSearch tells the trial as PRUNED.
+                result = {k: v for k, v in result.items() if k != self.metric}
+            else:
+                result = {**result, self.metric: self._score[trial_id]}
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str) -> None:
+class StudyBroker:
+    """Prepares, on demand, the study of each distinct value of the study-changing keys a trial
+    samples (``spaces.STUDY_KEYS``: features for a doc_stride, logits for a teacher, ...), cached
+    on disk by fingerprint like the base study. One actor per search, on the driver's node: its
+    methods run one at a time, so two trials that need the same study never build it twice (the
+    second waits and reuses it)."""
+
+    def __init__(self, base: dict[str, Any], need_logits: bool, known: dict[str, dict[str, Any]]):
+        self.base = base
+        self.need_logits = need_logits
+        self.studies = dict(known)
+
+    def get(self, values: dict[str, Any]) -> dict[str, Any]:
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key not in self.studies:
+            cfg = with_values(RaykdConfig.from_dict(self.base), values)
+            study, info = train.prepare_study(cfg, train.DISTILL, need_logits=self.need_logits)
+            print(f"[raykd] study for {key}: features {'built' if info['features_built'] else 'reused'}, "
+                  f"teacher logits {'computed' if info['teacher_logits_computed'] else 'reused or not needed'}",
+                  flush=True)
+            self.studies[key] = study.__dict__
+        return self.studies[key]
+
+
+def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
+                  rounds: int, keep_by: str, study_keys: list[str], broker=None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
     reports become this trial's Tune results. The Train run is named after the trial, so a
     resumed trial continues from its own checkpoint."""
     cfg = with_values(RaykdConfig.from_dict(base), config)
+    if study_keys:
+        study = ray.get(broker.get.remote({k: config[k] for k in study_keys}))
     trial_id = tune.get_context().get_trial_id()
     trainer = train.build_trainer(
-        cfg, train.Study(**study).loop_config(cfg, train.DISTILL), name=trial_id,
-        storage_path=runs_path, callbacks=[TuneReportCallback()],
+        cfg, train.Study(**study).loop_config(cfg, train.DISTILL, eval_rounds=rounds), name=trial_id,
+        storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
     )
     trainer.fit()
 
@@ -115,19 +175,72 @@ def optuna_trials(cfg: RaykdConfig, experiment_path: str) -> list[dict[str, Any]
 
 
 @dataclass
+class Plan:
+    """What every trial of a search shares: its rounds, ASHA's first rung (None: no early
+    stopping) and how a trial is scored."""
+
+    rounds: int
+    grace: int | None
+    trial_score: str
+
+    @property
+    def keep_by(self) -> str:
+        # The checkpoint a trial's score comes from is the one to keep: its best round by the
+        # metric, or simply its latest.
+        return METRIC if self.trial_score == "best" else "round"
+
+
+def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, warn=print) -> Plan:
+    """Rounds and grace period. The default grace period is the first round at which every
+    trial's warm-up is over (the largest warmup_ratio of the space) and at least
+    ``search.min_share_before_stop`` of its training has run: earlier rounds of a warming-up,
+    barely trained student say little about where it ends. An explicit grace period wins, with a
+    warning when it falls inside warm-up; one past the rounds is refused."""
+    s = cfg.search
+    rounds = s.rounds or train.expected_rounds(cfg, n_train_features)
+    warm = spaces.largest(params, cfg, "optim.warmup_ratio")
+    if s.grace_period is not None:
+        if s.grace_period > rounds:
+            raise spaces.SpaceError(f"{cfg.source or 'config'}: search.grace_period ({s.grace_period}) is "
+                                    f"past the last of the {rounds} rounds every trial runs; lower it or "
+                                    "set search.scheduler: fifo")
+        grace = s.grace_period
+        if grace < warm * rounds:
+            warn(f"[raykd] warning: search.grace_period {grace} compares trials at {grace}/{rounds} of their "
+                 f"training, inside a warm-up of {warm:.0%}: ASHA may stop late bloomers")
+    else:
+        grace = max(1, math.ceil(max(warm, s.min_share_before_stop) * rounds - 1e-9))
+    # A first rung at the last round stops nothing: every trial there has finished.
+    if s.scheduler == "fifo" or grace >= rounds:
+        grace = None
+    return Plan(rounds, grace, s.trial_score)
+
+
+@dataclass
 class SearchSetup:
     tuner: tune.Tuner
     experiment_path: str
 
 
-def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max_rounds: int,
+def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the_plan: Plan,
            callbacks: list, resume: bool) -> SearchSetup:
     s = cfg.search
     storage = train.storage_root(cfg)
     experiment_path = f"{storage.rstrip('/')}/{s.name}"
     runs_path = f"{experiment_path}/{TRAIN_RUNS}"
+    keys = spaces.study_keys(params)
+    broker = None
+    if keys:
+        # On the driver's node, where the base study was prepared.
+        here = ray.get_runtime_context().get_node_id()
+        broker = ray.remote(num_cpus=0)(StudyBroker).options(
+            scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False),
+        ).remote(cfg.to_dict(), spaces.may_use_teacher_logits(cfg, params),
+                 {json.dumps({k: spaces.values_of([], cfg, k)[0] for k in keys}, sort_keys=True, default=str):
+                  study.__dict__})
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_driver, base=cfg.to_dict(), study=study.__dict__, runs_path=runs_path),
+        tune.with_parameters(_trial_driver, base=cfg.to_dict(), study=study.__dict__, runs_path=runs_path,
+                             rounds=the_plan.rounds, keep_by=the_plan.keep_by, study_keys=keys, broker=broker),
         {"CPU": DRIVER_CPU},
     )
     if resume:
@@ -144,13 +257,16 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
         mode=MODE,
         sampler=optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials),
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
+        trial_score=the_plan.trial_score,
     )
-    # max_t one past the last round: a trial that completes ends by returning from fit() (Train
-    # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves its
-    # placement group to Train's asynchronous cleaner.
-    # A grace period past the last round simply means no early stopping.
-    scheduler = ASHAScheduler(time_attr="round", max_t=max_rounds + 1, grace_period=min(s.grace_period, max_rounds + 1),
-                              reduction_factor=s.reduction_factor)
+    if the_plan.grace is None:
+        scheduler = FIFOScheduler()
+    else:
+        # max_t one past the last round: a trial that completes ends by returning from fit() (Train
+        # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
+        # its placement group to Train's asynchronous cleaner.
+        scheduler = ASHAScheduler(time_attr="round", max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
+                                  reduction_factor=s.reduction_factor)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -162,25 +278,24 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], max
     return SearchSetup(tuner, experiment_path)
 
 
-def run_search(cfg: RaykdConfig, study: train.Study, n_train_features: int, callbacks: list | None = None,
+def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: list | None = None,
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)
-    max_rounds = cfg.search.max_rounds or train.expected_rounds(cfg, n_train_features)
-    setup = _tuner(cfg, study, params, max_rounds, callbacks or [], resume)
+    setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
     grid = setup.tuner.fit()
-    prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints)
-    summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"])
+    prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
+    summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
+                        the_plan)
     summary["experiment_path"] = setup.experiment_path
-    summary["max_rounds"] = max_rounds
     summary["optuna_trials"] = optuna_trials(cfg, setup.experiment_path)
     if "://" not in setup.experiment_path:
         Path(setup.experiment_path, SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def prune_checkpoints(runs_path: str, keep: int) -> None:
-    """Leave each trial its best ``keep`` checkpoints by METRIC. Train keeps the latest one too
+def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
+    """Leave each trial its best ``keep`` checkpoints by ``by`` (METRIC, or ``round``: the latest). Train keeps the latest one too
     (to resume a run); once the search is over no trial resumes, so that one goes unless it is
     among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
     fs, root = pafs.FileSystem.from_uri(runs_path) if "://" in runs_path else (pafs.LocalFileSystem(), runs_path)
@@ -192,18 +307,28 @@ def prune_checkpoints(runs_path: str, keep: int) -> None:
         for path in ckpts:
             try:
                 with fs.open_input_stream(f"{path}/{train.META_FILE}") as f:
-                    scored.append((json.loads(f.read())[METRIC], path))
+                    scored.append((json.loads(f.read())[by], path))
             except (FileNotFoundError, OSError, KeyError, ValueError):
                 scored.append((float("-inf"), path))
-        scored.sort(reverse=MODE == "max")
+        scored.sort(reverse=MODE == "max" or by != METRIC)
         for _, path in scored[keep:]:
             fs.delete_dir(path)
 
 
-def summarize(grid, keys: list[str]) -> dict[str, Any]:
-    """One row per trial (hyperparameters, best F1/EM over its rounds, rounds run, stopped early),
-    and the best trial: the maximum eval_f1 over every reported round of every trial, with the
-    checkpoint that round saved."""
+def trial_score(df, rule: str):
+    """The row of a trial's results its score comes from: its best round by METRIC (among equal
+    scores the latest, as in Train's checkpoint manager and in prune_checkpoints, so the row's
+    checkpoint is the one that was kept), or its last round."""
+    if rule == "last":
+        return df.iloc[-1]
+    col = df[METRIC][::-1]
+    return df.loc[col.idxmax() if MODE == "max" else col.idxmin()]
+
+
+def summarize(grid, keys: list[str], the_plan: Plan) -> dict[str, Any]:
+    """One row per trial (hyperparameters, its score and the round it comes from, rounds run of
+    those planned, stopped early), and the best trial: the best score over all trials, with the
+    checkpoint of the round it comes from."""
     rows = []
     for result in grid:
         df = result.metrics_dataframe
@@ -212,42 +337,49 @@ def summarize(grid, keys: list[str]) -> dict[str, Any]:
                                **{k: config.get(k) for k in keys}}
         if df is None or df.empty or METRIC not in df:
             row.update({"status": "ERROR" if result.error else "NO RESULT", METRIC: None,
-                        "eval_exact_match": None, "rounds": 0, "stopped_early": False, "checkpoint_path": None})
+                        "eval_exact_match": None, "rounds": 0, "planned_rounds": the_plan.rounds,
+                        "stopped_early": False,
+                        "checkpoint_path": None})
             rows.append(row)
             continue
-        # Among equal scores the latest round wins, as in Train's checkpoint manager and in
-        # prune_checkpoints, so the row's checkpoint is the one that was kept.
-        best = df.loc[df[METRIC][::-1].idxmax()]
+        best = trial_score(df, the_plan.trial_score)
         last = df.iloc[-1]
         final = bool(last.get("final", True))
         row.update({
             "status": "ERROR" if result.error else ("STOPPED" if not final else "COMPLETED"),
             METRIC: float(best[METRIC]),
             "eval_exact_match": float(best["eval_exact_match"]),
-            "best_round": int(best["round"]),
+            "score_round": int(best["round"]),
             "rounds": int(df["round"].max()),
+            "planned_rounds": the_plan.rounds,
             "stopped_early": not final and not result.error,
             "checkpoint_path": best.get("checkpoint_path"),
             "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[METRIC])],
         })
         rows.append(row)
     scored = [r for r in rows if r[METRIC] is not None]
-    best_row = max(scored, key=lambda r: r[METRIC]) if scored else None
-    return {"metric": METRIC, "trials": rows, "best": best_row}
+    pick = max if MODE == "max" else min
+    best_row = pick(scored, key=lambda r: r[METRIC]) if scored else None
+    return {"metric": METRIC, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
+            "grace_period": the_plan.grace, "trials": rows, "best": best_row}
 
 
 def format_table(summary: dict[str, Any]) -> str:
     rows = summary["trials"]
     if not rows:
         return "(no trials)"
-    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve")]
+    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve", "planned_rounds")]
 
-    def fmt(v):
+    def fmt(k, r):
+        v = r.get(k)
+        if k == "rounds":
+            # How much of its schedule a trial ran: "2/6" for one stopped after round 2 of 6.
+            return f"{v}/{r.get('planned_rounds')}"
         if isinstance(v, float):
             return f"{v:.4g}"
         return "" if v is None else str(v)
 
-    cells = [[fmt(r.get(k)) for k in keys] for r in rows]
+    cells = [[fmt(k, r) for k in keys] for r in rows]
     widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
     line = "  ".join(k.ljust(w) for k, w in zip(keys, widths))
     out = [line, "-" * len(line)]

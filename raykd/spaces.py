@@ -169,3 +169,117 @@ def check_point(point: dict[str, Any], params: list[Param], source: str | None) 
             raise _err(source, p.key, f"points_to_evaluate value {v!r} is not one of {list(p.values)}")
         if p.low is not None and not p.low <= float(v) <= p.high:
             raise _err(source, p.key, f"points_to_evaluate value {v!r} is outside [{p.low:g}, {p.high:g}]")
+
+
+# ---------------------------------------------------------------------------------------------
+# What a searched key does to a trial. Every key a space names either takes effect in the trial,
+# or changes the study the trial trains on (features, teacher logits) and is honoured by preparing
+# one study per distinct value, or is refused here, before Ray starts.
+
+# Keys that change what the study prepares: tokenized features (tokenizer, lengths, training data)
+# or the teacher and its logits.
+STUDY_KEYS = (
+    "data.max_length", "data.doc_stride", "data.max_train_samples", "data.train_file",
+    "data.synthetic_train_size", "models.teacher", "models.student", "distill.teacher_mode",
+)
+_EVAL_DATA = "changes the evaluation data, so the trials' scores would not be comparable"
+_PER_SEARCH = "is a setting of the whole search, not of a trial"
+REJECTED = {
+    "data.dataset_name": _EVAL_DATA,
+    "data.validation_file": _EVAL_DATA,
+    "data.synthetic": _EVAL_DATA,
+    "data.synthetic_eval_size": _EVAL_DATA,
+    "data.synthetic_seed": _EVAL_DATA,
+    "data.max_eval_samples": _EVAL_DATA,
+    "data.cache_dir": "is where the study is stored, not a hyperparameter",
+    "models.teacher_finetune": "makes the study's one teacher before any trial starts; fine-tune the "
+                               "teachers first and search models.teacher over their folders",
+    "optim.eval_every_steps": "has no effect in a search: every trial evaluates search.rounds times, at "
+                              "equal fractions of its own training; set search.rounds instead",
+    "scaling": "fixes each trial's resources for the whole search (it decides how many trials run at once); "
+               "set it in the scaling section",
+    "search": _PER_SEARCH,
+    "tracking": _PER_SEARCH,
+}
+
+
+def key_effect(key: str) -> str:
+    """``"trial"`` (honoured by the trial's own config), ``"study"`` (a study per distinct value),
+    or ``"rejected"``."""
+    if key in STUDY_KEYS:
+        return "study"
+    if any(key == k or key.startswith(k + ".") for k in REJECTED):
+        return "rejected"
+    return "trial"
+
+
+def check_keys(params: list[Param], source: str | None) -> None:
+    """Refuse keys that a trial cannot honour, naming the key and why."""
+    for p in params:
+        if key_effect(p.key) == "rejected":
+            why = next(v for k, v in REJECTED.items() if p.key == k or p.key.startswith(k + "."))
+            raise _err(source, p.key, f"cannot be searched: it {why}")
+
+
+def study_keys(params: list[Param]) -> list[str]:
+    """The searched keys (not constants) that need a study per distinct value."""
+    return [p.key for p in params if p.kind not in ("constant", "complement") and key_effect(p.key) == "study"]
+
+
+def constants(params: list[Param]) -> dict[str, Any]:
+    return {p.key: p.value for p in params if p.kind == "constant"}
+
+
+def _corners(p: Param) -> list[Any]:
+    if p.kind == "constant":
+        return [p.value]
+    if p.kind == "choice":
+        return list(p.values)
+    if p.kind in ("int", "qint"):
+        step = p.step or 1
+        return [int(p.low), int(p.low) + (int(p.high) - int(p.low)) // step * step]
+    if p.kind in ("uniform", "loguniform"):
+        return [p.low, p.high]
+    return []
+
+
+def values_of(params: list[Param], base: config_mod.RaykdConfig, key: str) -> list[Any]:
+    """The values ``key`` can take in a trial: its choices or range ends, or the base value."""
+    by_key = {p.key: p for p in params}
+    p = by_key.get(key)
+    if p is None:
+        node: Any = base
+        for part in key.split("."):
+            node = getattr(node, part)
+        return [node]
+    if p.kind == "complement":
+        return [1.0 - float(v) for v in _corners(by_key[p.of])]
+    return _corners(p)
+
+
+def check_corners(base: config_mod.RaykdConfig, params: list[Param]) -> None:
+    """Each searched value (every choice, both ends of a range) applied to the base config must
+    make a valid config: what a trial would refuse after Ray started is refused here instead."""
+    for p in params:
+        if p.kind == "complement":
+            continue
+        for v in _corners(p):
+            flat = {p.key: v}
+            flat.update({q.key: 1.0 - float(v) for q in params if q.kind == "complement" and q.of == p.key})
+            try:
+                config_mod.with_values(base, flat)
+            except config_mod.ConfigError as exc:
+                msg = str(exc).split(": ", 1)[-1] if base.source else str(exc)
+                raise _err(base.source, p.key, f"value {v!r} makes an invalid config: {msg}") from None
+
+
+def may_use_teacher_logits(base: config_mod.RaykdConfig, params: list[Param]) -> bool:
+    """True when some point of the space distils from cached teacher logits (alpha_ce > 0 in
+    cached mode): then the study prepares them, even when the base config's alpha_ce is 0."""
+    alpha = any(float(v) > 0 for v in values_of(params, base, "distill.alpha_ce"))
+    cached = "cached" in values_of(params, base, "distill.teacher_mode")
+    return alpha and cached
+
+
+def largest(params: list[Param], base: config_mod.RaykdConfig, key: str) -> float:
+    return max(float(v) for v in values_of(params, base, key))

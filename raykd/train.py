@@ -63,8 +63,10 @@ class Study:
     teacher: str | None
     tokenizer: str
 
-    def loop_config(self, cfg: RaykdConfig, mode: str) -> dict[str, Any]:
-        return {"cfg": cfg.to_dict(), "mode": mode, **self.__dict__}
+    def loop_config(self, cfg: RaykdConfig, mode: str, eval_rounds: int | None = None) -> dict[str, Any]:
+        """What the workers receive. ``eval_rounds``: evaluate at that many equal fractions of
+        the run's training (a search's trials) instead of every ``optim.eval_every_steps``."""
+        return {"cfg": cfg.to_dict(), "mode": mode, "eval_rounds": eval_rounds, **self.__dict__}
 
 
 def ensure_teacher(cfg: RaykdConfig) -> str | None:
@@ -107,8 +109,10 @@ def ensure_teacher(cfg: RaykdConfig) -> str | None:
     return str(target)
 
 
-def prepare_study(cfg: RaykdConfig, mode: str = DISTILL) -> tuple[Study, dict[str, Any]]:
-    """Teacher, features and (cached mode) teacher logits; returns the Study and what was done."""
+def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | None = None) -> tuple[Study, dict[str, Any]]:
+    """Teacher, features and (cached mode) teacher logits; returns the Study and what was done.
+    ``need_logits``: prepare the teacher's logits (default: when this config distils from them;
+    a search passes True when any point of its space does)."""
     cache = cache_root(cfg)
     teacher = ensure_teacher(cfg) if mode == DISTILL else None
     if mode == DISTILL and teacher is None:
@@ -121,7 +125,9 @@ def prepare_study(cfg: RaykdConfig, mode: str = DISTILL) -> tuple[Study, dict[st
         tokenizer = student_tok
     prepared, built = teacher_cache.prepare_features(cfg.data, tokenizer, cache)
     info = {"features_built": built, "teacher_logits_computed": False, "prepared": str(prepared.root)}
-    if mode == DISTILL and cfg.distill.teacher_mode == "cached" and cfg.distill.alpha_ce > 0:
+    if need_logits is None:
+        need_logits = cfg.distill.alpha_ce > 0
+    if mode == DISTILL and cfg.distill.teacher_mode == "cached" and need_logits:
         prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=_remote_compute())
         info["teacher_logits_computed"] = computed
     return Study(str(prepared.root), prepared.teacher_file, teacher, tokenizer), info
@@ -172,9 +178,26 @@ def schedule(cfg: RaykdConfig, n_features: int, world: int) -> tuple[int, int, i
 
 
 def expected_rounds(cfg: RaykdConfig, n_features: int) -> int:
-    """Evaluation rounds a run reports when nothing stops it (ASHA's max_t)."""
+    """Evaluation rounds a run reports when nothing stops it and no round count is imposed."""
     _, total, every = schedule(cfg, n_features, cfg.scaling.num_workers)
     return math.ceil(total / every)
+
+
+def eval_points(total_steps: int, every: int, rounds: int | None = None) -> dict[int, int]:
+    """{optimizer step: round number} of a run's evaluations. With ``rounds`` (a search), round k
+    of R falls after k/R of this run's own steps, so runs with different batch sizes or epochs
+    reach round k at the same share of their schedule; the last round is always R, at the last
+    step (when a run has fewer steps than rounds, coinciding rounds are evaluated once, under the
+    larger number). Without it: every ``every`` steps, and at the last step."""
+    if rounds:
+        points: dict[int, int] = {}
+        for k in range(1, rounds + 1):
+            points[max(1, math.ceil(k * total_steps / rounds - 1e-9))] = k
+        return points
+    steps = list(range(every, total_steps + 1, every))
+    if not steps or steps[-1] != total_steps:
+        steps.append(total_steps)
+    return {s: i + 1 for i, s in enumerate(steps)}
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -234,6 +257,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     loader = torch.utils.data.DataLoader(train_ds, batch_size=opt.batch_size, shuffle=True, generator=g)
     loader = ray.train.torch.prepare_data_loader(loader)
     steps_per_epoch, total_steps, eval_every = schedule(cfg, len(train_ds), world)
+    evals = eval_points(total_steps, eval_every, loop.get("eval_rounds"))
 
     decay = [p for n, p in model.named_parameters() if not any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
     no_decay = [p for n, p in model.named_parameters() if any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
@@ -303,11 +327,13 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            if step % eval_every == 0 or step == total_steps:
-                rnd += 1
+            if step in evals:
+                rnd = evals[step]
                 elapsed = time.perf_counter() - t0
                 train_metrics = {f"train_{k}": v / max(n_micro, 1) for k, v in sums.items()}
                 train_metrics["samples_per_sec"] = n_samples * world / max(elapsed, 1e-9)
+                # What this run trains on (a searched doc_stride or max_length changes it).
+                train_metrics["train_features"] = len(train_ds)
                 _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, step >= total_steps,
                         steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype, history)
                 sums = dict.fromkeys(sums, 0.0)
@@ -364,8 +390,9 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
 
 def build_trainer(
     cfg: RaykdConfig, loop_config: dict[str, Any], name: str, storage_path: str | None = None,
-    callbacks: list | None = None,
+    callbacks: list | None = None, keep_by: str = METRIC,
 ) -> TorchTrainer:
+    """``keep_by``: the reported metric that ranks checkpoints (``round`` keeps the latest)."""
     sc = cfg.scaling
     resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
     if sc.use_gpu:
@@ -381,8 +408,8 @@ def build_trainer(
             storage_path=storage_path or storage_root(cfg),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.search.keep_checkpoints,
-                checkpoint_score_attribute=METRIC,
-                checkpoint_score_order=MODE,
+                checkpoint_score_attribute=keep_by,
+                checkpoint_score_order=MODE if keep_by == METRIC else "max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             callbacks=callbacks or [],

@@ -57,7 +57,7 @@ def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_model
     rows = summary["trials"]
     assert len(rows) == 5 and all(r["status"] in ("COMPLETED", "STOPPED") for r in rows)
     assert any(r["stopped_early"] for r in rows), rows
-    assert any(not r["stopped_early"] and r["rounds"] == summary["max_rounds"] for r in rows)
+    assert any(not r["stopped_early"] and r["rounds"] == summary["rounds"] for r in rows)
     # The best is the maximum eval_f1 over every reported round of every trial.
     exp = Path(summary["experiment_path"])
     all_f1 = []
@@ -77,8 +77,21 @@ def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_model
     assert states.count("PRUNED") == sum(r["stopped_early"] for r in rows)
     assert states.count("COMPLETE") == sum(not r["stopped_early"] for r in rows)
     complete = [t for t in summary["optuna_trials"] if t["state"] == "COMPLETE"][0]
-    assert sorted(complete["intermediate"]) == list(range(1, summary["max_rounds"] + 1))
+    assert sorted(complete["intermediate"]) == list(range(1, summary["rounds"] + 1))
+    _optuna_told_the_summary_scores(summary)
     assert json.loads((exp / search.SUMMARY).read_text())["best"]["trial_id"] == summary["best"]["trial_id"]
+
+
+def _optuna_told_the_summary_scores(summary):
+    """One objective: Optuna's value of a COMPLETE trial, and the last intermediate value of a
+    PRUNED one, equal that trial's score in summary.json."""
+    by_params = {}
+    for row in summary["trials"]:
+        by_params[tuple(sorted((k, row[k]) for k in ("optim.learning_rate", "distill.temperature")))] = row
+    for t in summary["optuna_trials"]:
+        row = by_params[tuple(sorted(t["params"].items()))]
+        told = t["value"] if t["state"] == "COMPLETE" else t["intermediate"][max(t["intermediate"])]
+        assert told == pytest.approx(row[METRIC], abs=1e-9), (t, row)
 
 
 def _trial_results(exp: Path) -> dict[str, int]:
@@ -121,3 +134,54 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
     summary = json.loads((exp / search.SUMMARY).read_text())
     assert len(summary["trials"]) == 3
     assert "best trial" in done.stdout and METRIC in done.stdout
+
+
+def _results(exp: Path) -> dict[str, list[dict]]:
+    return {f.parent.name: [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            for f in exp.glob("*/result.json")}
+
+
+def test_every_searched_value_takes_effect_and_every_trial_runs_its_schedule(local_ray, tmp_path, tiny_models):
+    """A doc_stride per trial (a study per value, prepared on demand), batch sizes 4 and 8 (each
+    trial runs all its rounds: final, learning rate 0), and a base alpha_ce of 0 with alpha_ce
+    searched (teacher logits are prepared anyway)."""
+    path = _space_yaml(tmp_path, tiny_models, "keys", 2, {
+        "data": {"synthetic": True, "synthetic_train_size": 120, "synthetic_eval_size": 30,
+                 "max_length": 64, "doc_stride": 48},
+        "distill": {"alpha_ce": 0.0, "alpha_squad": 1.0},
+        "optim": {"num_epochs": 1, "batch_size": 16, "eval_every_steps": 5, "warmup_ratio": 0.0,
+                  "learning_rate": 3e-3},
+        "search": {"name": "keys", "storage_path": str(tmp_path / "results"), "num_samples": 2, "rounds": 3,
+                   "scheduler": "fifo", "seed": 1, "n_startup_trials": 2,
+                   "points_to_evaluate": [
+                       {"data.doc_stride": 16, "optim.batch_size": 4, "distill.alpha_ce": 0.5},
+                       {"data.doc_stride": 48, "optim.batch_size": 8, "distill.alpha_ce": 0.9}]},
+        "space": {"data.doc_stride": {"type": "choice", "values": [16, 48]},
+                  "optim.batch_size": {"type": "choice", "values": [4, 8]},
+                  "distill.alpha_ce": {"type": "uniform", "low": 0.2, "high": 1.0},
+                  "distill.alpha_squad": {"type": "complement", "of": "distill.alpha_ce"}},
+    })
+    summary = run.search(load_config(str(path)))
+    assert summary["study"]["teacher_logits_computed"]  # base alpha_ce 0, yet some point distils
+    results = _results(Path(summary["experiment_path"]))
+    assert len(results) == 2
+    by_stride = {}
+    for trial_id, reports in results.items():
+        config = json.loads((Path(summary["experiment_path"]) / trial_id / "params.json").read_text())
+        # Every round of its own schedule, the last one final with the learning rate decayed to 0.
+        assert [r["round"] for r in reports] == [1, 2, 3]
+        assert reports[-1]["final"] and reports[-1]["learning_rate"] == 0.0
+        by_stride[config["data.doc_stride"]] = reports[-1]
+    # The stride took effect: the two trials trained on different numbers of features.
+    assert by_stride[16]["train_features"] != by_stride[48]["train_features"]
+    # Two batch sizes, the same number of rounds: one trains for twice the steps of the other.
+    assert by_stride[16]["step"] != by_stride[48]["step"]
+    rows = summary["trials"]
+    assert all(r["status"] == "COMPLETED" and r["rounds"] == r["planned_rounds"] == 3 for r in rows), rows
+    prepared = [p for p in (tmp_path / "results" / "cache" / "prepared").iterdir() if p.is_dir()]
+    assert len(prepared) == 2  # one study per distinct stride, each with the teacher's logits
+    assert all(list(p.glob("teacher-*.npy")) for p in prepared)
+    for t in summary["optuna_trials"]:
+        assert t["state"] == "COMPLETE"
+        row = next(r for r in rows if r["data.doc_stride"] == t["params"]["data.doc_stride"])
+        assert t["value"] == pytest.approx(row[METRIC], abs=1e-9)
