@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -98,13 +99,18 @@ def cmd_search(args) -> int:
     from raykd import run
 
     cfg = _load(args)
-    run.search(cfg, address=args.address, resume=args.resume, tracking_uri=args.tracking_uri,
-               tracking=not args.no_tracking)
+    summary = run.search(cfg, address=args.address, resume=args.resume, tracking_uri=args.tracking_uri,
+                         tracking=not args.no_tracking)
+    if summary.get("interrupted"):
+        again = [a for a in args.argv if a != "--resume"]
+        print("resume with: python cli.py " + " ".join(shlex.quote(a) for a in again + ["--resume"]), flush=True)
+        return 130  # 128 + SIGINT, as a shell reports an interrupted command
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the exact --resume command
     from raykd.errors import UserError
 
     try:

@@ -110,6 +110,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         parent_file = Path(train.storage_root(cfg)) / cfg.search.name / "mlflow_study_run_id"
         if resume and parent_file.exists():
             parent = parent_file.read_text().strip()
+            tracker.reopen_study(parent)
         else:
             parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
             if "://" not in str(parent_file):
@@ -118,6 +119,16 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
     summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}
+    if summary["interrupted"]:
+        # Nothing is registered and nothing an unfinished trial needs was pruned.
+        if tracker:
+            tracker.mark_interrupted(parent)
+        print()
+        print(search_mod.format_table(summary))
+        unfinished = sum(r["status"] == "UNFINISHED" for r in summary["trials"])
+        print(f"\n[raykd] interrupted: {unfinished} trial(s) unfinished; nothing was registered and no "
+              "checkpoint was pruned. Continue the search with --resume.")
+        return summary
     if tracker:
         summary["mlflow"] = tracker.finish_study(
             parent, summary, cfg, study.teacher, spaces.searched_keys(params),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from raykd.metrics import METRIC, MODE
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
 TRAIN_RUNS = "train_runs"
 SUMMARY = "summary.json"
+ASHA_STATE = "asha_state.pkl"
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -112,6 +114,58 @@ class StudyBroker:
         return self.studies[key]
 
 
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive an interrupted search. Tune's restore rebuilds the scheduler from
+    its initial state (it saves the searcher's state, not the scheduler's), so a resumed search
+    would forget which trial reached which rung with which F1 and let through trials the
+    uninterrupted search stops. The rungs are written beside the experiment after every result
+    and read back on resume."""
+
+    def __init__(self, state_uri: str, **kwargs):
+        super().__init__(**kwargs)
+        self._state_uri = state_uri
+        fs, path = _fs(state_uri)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)  # a fresh search starts with empty rungs
+
+    def __setstate__(self, state: dict) -> None:
+        # Tuner.restore unpickles the scheduler as it was when the search started: bring the
+        # rungs up to date from the file written during the search.
+        self.__dict__.update(state)
+        fs, path = _fs(self._state_uri)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as f:
+                saved = pickle.loads(f.read())
+            self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
+            self._num_stopped = saved["num_stopped"]
+
+    def _save(self) -> None:
+        fs, path = _fs(self._state_uri)
+        tmp = path + ".tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
+                                  "num_stopped": self._num_stopped}))
+        fs.move(tmp, path)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        # A restored trial keeps the bracket it had; only a new one is assigned.
+        if trial.trial_id not in self._trial_info:
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+
+
 def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
                   rounds: int, keep_by: str, study_keys: list[str], broker=None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
@@ -141,7 +195,7 @@ def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
         have = resources.get(key, 0.0)
         per_trial = amount + (DRIVER_CPU if key == "CPU" else 0.0)
         if amount > 0:
-            fits.append(int(math.floor(have / per_trial + 1e-9)))
+            fits.append(math.floor(have / per_trial + 1e-9))
     n = min(fits) if fits else 1
     if n < 1:
         raise RuntimeError(f"one trial needs {need} but the cluster has {resources}: no trial can start")
@@ -265,7 +319,8 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
         # max_t one past the last round: a trial that completes ends by returning from fit() (Train
         # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
         # its placement group to Train's asynchronous cleaner.
-        scheduler = ASHAScheduler(time_attr="round", max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
+        scheduler = ResumableASHA(f"{experiment_path}/{ASHA_STATE}", time_attr="round",
+                                  max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
                                   reduction_factor=s.reduction_factor)
     tuner = tune.Tuner(
         trainable,
@@ -284,9 +339,20 @@ def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: 
     params = spaces.parse(cfg.space, cfg.source)
     setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
     grid = setup.tuner.fit()
-    prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
+    # Tune catches Ctrl-C, saves the experiment and returns normally; trials it did not finish are
+    # neither TERMINATED nor errored.
+    # Tune's per-trial status is what tells an interrupted trial from one ASHA stopped (both end
+    # on a round that is not final); ResultGrid exposes it only through its analysis.
+    statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+    interrupted = any(st not in ("TERMINATED", "ERROR") for st in statuses.values()) \
+        or len(grid) < cfg.search.num_samples
+    if not interrupted:
+        # Only a finished search prunes: an unfinished trial resumes from Train's latest
+        # checkpoint, which Train refuses to do when a checkpoint it recorded is gone.
+        prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
     summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
-                        the_plan)
+                        the_plan, statuses)
+    summary["interrupted"] = interrupted
     summary["experiment_path"] = setup.experiment_path
     summary["optuna_trials"] = optuna_trials(cfg, setup.experiment_path)
     if "://" not in setup.experiment_path:
@@ -298,7 +364,7 @@ def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
     """Leave each trial its best ``keep`` checkpoints by ``by`` (METRIC, or ``round``: the latest). Train keeps the latest one too
     (to resume a run); once the search is over no trial resumes, so that one goes unless it is
     among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
-    fs, root = pafs.FileSystem.from_uri(runs_path) if "://" in runs_path else (pafs.LocalFileSystem(), runs_path)
+    fs, root = _fs(runs_path)
     info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     for run_dir in (i.path for i in info if i.type == pafs.FileType.Directory):
         ckpts = [i.path for i in fs.get_file_info(pafs.FileSelector(run_dir))
@@ -325,7 +391,7 @@ def trial_score(df, rule: str):
     return df.loc[col.idxmax() if MODE == "max" else col.idxmin()]
 
 
-def summarize(grid, keys: list[str], the_plan: Plan) -> dict[str, Any]:
+def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None) -> dict[str, Any]:
     """One row per trial (hyperparameters, its score and the round it comes from, rounds run of
     those planned, stopped early), and the best trial: the best score over all trials, with the
     checkpoint of the round it comes from."""
@@ -333,10 +399,13 @@ def summarize(grid, keys: list[str], the_plan: Plan) -> dict[str, Any]:
     for result in grid:
         df = result.metrics_dataframe
         config = result.config or {}
-        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id"),
-                               **{k: config.get(k) for k in keys}}
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        row: dict[str, Any] = {"trial_id": trial_id, **{k: config.get(k) for k in keys}}
+        # Not TERMINATED and not errored: the search was interrupted while this trial ran or waited.
+        unfinished = (statuses or {}).get(trial_id, "TERMINATED") not in ("TERMINATED", "ERROR")
         if df is None or df.empty or METRIC not in df:
-            row.update({"status": "ERROR" if result.error else "NO RESULT", METRIC: None,
+            row.update({"status": "ERROR" if result.error else ("UNFINISHED" if unfinished else "NO RESULT"),
+                        METRIC: None,
                         "eval_exact_match": None, "rounds": 0, "planned_rounds": the_plan.rounds,
                         "stopped_early": False,
                         "checkpoint_path": None})
@@ -346,18 +415,19 @@ def summarize(grid, keys: list[str], the_plan: Plan) -> dict[str, Any]:
         last = df.iloc[-1]
         final = bool(last.get("final", True))
         row.update({
-            "status": "ERROR" if result.error else ("STOPPED" if not final else "COMPLETED"),
+            "status": "ERROR" if result.error else (
+                "UNFINISHED" if unfinished else "STOPPED" if not final else "COMPLETED"),
             METRIC: float(best[METRIC]),
             "eval_exact_match": float(best["eval_exact_match"]),
             "score_round": int(best["round"]),
             "rounds": int(df["round"].max()),
             "planned_rounds": the_plan.rounds,
-            "stopped_early": not final and not result.error,
+            "stopped_early": not final and not result.error and not unfinished,
             "checkpoint_path": best.get("checkpoint_path"),
             "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[METRIC])],
         })
         rows.append(row)
-    scored = [r for r in rows if r[METRIC] is not None]
+    scored = [r for r in rows if r[METRIC] is not None and r["status"] != "UNFINISHED"]
     pick = max if MODE == "max" else min
     best_row = pick(scored, key=lambda r: r[METRIC]) if scored else None
     return {"metric": METRIC, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,

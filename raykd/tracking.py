@@ -61,7 +61,7 @@ def connect(cfg: RaykdConfig, cli_uri: str | None = None, timeout_s: float = 5.0
         exp = mlflow.get_experiment_by_name(cfg.tracking.experiment_name)
         if exp is None:
             mlflow.create_experiment(cfg.tracking.experiment_name, artifact_location=_artifact_root(uri))
-    except Exception as exc:  # any store error: say which store and stop before training
+    except Exception as exc:  # noqa: BLE001 -- any store error: say which store and stop before training
         raise TrackingError(f"MLflow tracking store {uri} cannot be used: {exc}") from None
     mlflow.set_experiment(cfg.tracking.experiment_name)
     return uri
@@ -109,9 +109,18 @@ class TrialRunsCallback(MLflowLoggerCallback):
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str):
         super().__init__(tracking_uri=uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id, "raykd.kind": "trial"})
+        self.parent_run_id = parent_run_id
 
     def log_trial_start(self, trial) -> None:
         self.tags = {**self.tags, "raykd.trial_id": trial.trial_id}
+        if trial not in self._trial_runs:
+            # A trial resumed by --resume continues in its own child run (Ray's callback keeps no
+            # state across a restore, so it would open a second one).
+            existing = _child_runs(self.tracking_uri, self.parent_run_id, f"tags.`raykd.trial_id` = '{trial.trial_id}'")
+            if existing:
+                run_id = existing[0].info.run_id
+                MlflowClient(self.tracking_uri).update_run(run_id, status="RUNNING")
+                self._trial_runs[trial] = run_id
         super().log_trial_start(trial)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
@@ -133,6 +142,29 @@ class TrialRunsCallback(MLflowLoggerCallback):
             client.set_tag(run_id, "raykd.end", "completed")
             status = "FINISHED"
         self.mlflow_util.end_run(run_id=run_id, status=status)
+
+
+def _child_runs(uri: str | None, parent_run_id: str, extra: str | None = None) -> list:
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra}" if extra else "")
+    return client.search_runs([parent.info.experiment_id], filter_string=query, max_results=10_000)
+
+
+def mark_interrupted(parent_run_id: str) -> int:
+    """An interrupted search: its study run and every trial run still open end KILLED, tagged
+    why (``--resume`` reopens them). Returns how many trial runs were open."""
+    client = MlflowClient()
+    open_runs = [r for r in _child_runs(None, parent_run_id) if r.info.status == "RUNNING"]
+    for run in open_runs + [client.get_run(parent_run_id)]:
+        client.set_tag(run.info.run_id, "raykd.end", "interrupted; continue with --resume")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(open_runs)
+
+
+def reopen_study(parent_run_id: str) -> None:
+    """A resumed search continues in its study run."""
+    MlflowClient().update_run(parent_run_id, status="RUNNING")
 
 
 def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher: str | None,

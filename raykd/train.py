@@ -173,7 +173,7 @@ def schedule(cfg: RaykdConfig, n_features: int, world: int) -> tuple[int, int, i
     opt = cfg.optim
     batches = math.ceil(math.ceil(n_features / world) / opt.batch_size)
     steps_per_epoch = max(1, batches // opt.grad_accum_steps)
-    total_steps = max(1, int(math.ceil(opt.num_epochs * steps_per_epoch)))
+    total_steps = max(1, math.ceil(opt.num_epochs * steps_per_epoch))
     return steps_per_epoch, total_steps, opt.eval_every_steps or steps_per_epoch
 
 

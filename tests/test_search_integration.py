@@ -102,38 +102,72 @@ def _trial_results(exp: Path) -> dict[str, int]:
     return out
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
-    """Runs the real CLI in a subprocess (its own Ray), kills it after the first trial finished,
-    then --resume: the finished trial is not run again and the search completes."""
-    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 3,
-                           {"optim": {"num_epochs": 1, "batch_size": 16, "eval_every_steps": 5}})
+def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
+    """The real CLI in a subprocess (its own Ray), interrupted with SIGINT (Ctrl-C) after its
+    first trial finished: it exits 130, says how to resume, prunes and registers nothing, and
+    marks the open MLflow runs KILLED. --resume then completes the study: the finished trial is not
+    run again, the unfinished one continues from its checkpoint in its own child run, and the
+    study has exactly one child run per trial."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 3, {
+        "optim": {"num_epochs": 2, "batch_size": 16, "eval_every_steps": 5, "warmup_ratio": 0.0},
+        "tracking": {"enabled": True, "experiment_name": "resume"},
+    })
     exp = tmp_path / "results" / "resume"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, str(ROOT / "cli.py"), "search", "--config", str(cfg_path)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    cmd = [sys.executable, str(ROOT / "cli.py"), "search", "--config", str(cfg_path), "--tracking-uri", uri]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         deadline = time.time() + 300
         finished = None
         while time.time() < deadline and finished is None:
-            time.sleep(2)
+            time.sleep(1)
             for f in exp.glob("*/result.json"):
                 if any(json.loads(x).get("final") for x in f.read_text().splitlines() if x.strip()):
                     finished = f.parent.name
             assert proc.poll() is None, "the search ended before it could be interrupted"
         assert finished, "no trial finished in time"
-        time.sleep(3)  # let Tune write its experiment state with that trial terminated
+        # Wait until the next trial has reported a round (so it has a checkpoint to resume from).
+        while time.time() < deadline and len([f for f in exp.glob("*/result.json") if f.stat().st_size]) < 2:
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, to the driver process this test started
+        out, _ = proc.communicate(timeout=180)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the process group this test started, by its pid
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "--resume" in out.splitlines()[-1], out[-2000:]
+    assert not (exp / search.SUMMARY).exists()
+    client = MlflowClient(uri)
+    assert not client.search_registered_models()  # nothing registered
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    assert {r.info.status for r in runs if r.data.tags.get("raykd.kind") == "trial"} <= {"FINISHED", "KILLED"}
     before = _trial_results(exp)
+
     done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = _trial_results(exp)
     assert after[finished] == before[finished]  # not run again
     summary = json.loads((exp / search.SUMMARY).read_text())
-    assert len(summary["trials"]) == 3
-    assert "best trial" in done.stdout and METRIC in done.stdout
+    assert len(summary["trials"]) == 3 and not summary["interrupted"]
+    assert all(r["status"] in ("COMPLETED", "STOPPED") for r in summary["trials"]), summary["trials"]
+    # A resumed trial continued where it stopped: its rounds run 1..n without a restart.
+    for reports in _results(exp).values():
+        rounds = [r["round"] for r in reports]
+        assert rounds == sorted(set(rounds)) and rounds[0] == 1, rounds
+    mlflow.set_tracking_uri(uri)
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    studies = [r for r in runs if r.data.tags.get("raykd.kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("raykd.kind") == "trial"]
+    assert len(studies) == 1 and studies[0].info.status == "FINISHED"
+    assert sorted(r.data.tags["raykd.trial_id"] for r in children) == sorted(r["trial_id"] for r in summary["trials"])
+    assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
+    assert client.search_registered_models()
 
 
 def _results(exp: Path) -> dict[str, list[dict]]:

@@ -134,3 +134,41 @@ def test_shipped_spaces_first_rung_is_past_warmup(name):
     warm = spaces.largest(params, cfg, "optim.warmup_ratio")
     assert p.grace / p.rounds >= max(warm, cfg.search.min_share_before_stop)
     assert p.grace < p.rounds
+
+
+def _searcher(trial_score):
+    import optuna
+
+    params = spaces.parse({"distill.temperature": {"type": "uniform", "low": 1, "high": 4}})
+    s = search.TruthfulOptunaSearch(space=spaces.define_by_run(params), metric="eval_f1", mode="max",
+                                    sampler=optuna.samplers.RandomSampler(seed=0), trial_score=trial_score)
+    return s
+
+
+def _feed(s, trial_id, f1s, final):
+    s.suggest(trial_id)
+    for r, f1 in enumerate(f1s[:-1], start=1):
+        s.on_trial_result(trial_id, {"round": r, "eval_f1": f1, "training_iteration": r, "final": False})
+    last = {"round": len(f1s), "eval_f1": f1s[-1], "training_iteration": len(f1s), "final": final}
+    s.on_trial_complete(trial_id, result=last)
+    return s._ot_study.trials[-1]
+
+
+@pytest.mark.parametrize("rule,expected", [("best", 30.0), ("last", 20.0)])
+def test_optuna_is_told_the_trial_score(rule, expected):
+    s = _searcher(rule)
+    done = _feed(s, "a", [10.0, 30.0, 20.0], final=True)
+    assert done.state.name == "COMPLETE" and done.value == expected
+    assert done.intermediate_values[3] == expected  # the last round, reported once
+    pruned = _feed(s, "b", [10.0, 30.0, 20.0], final=False)
+    # Optuna records a pruned trial's last intermediate value as its value: the score again.
+    assert pruned.state.name == "PRUNED" and pruned.value == expected
+    assert pruned.intermediate_values[max(pruned.intermediate_values)] == expected
+
+
+def test_summary_score_row_by_rule():
+    import pandas as pd
+
+    df = pd.DataFrame({"round": [1, 2, 3, 4], "eval_f1": [10.0, 30.0, 30.0, 20.0]})
+    assert int(search.trial_score(df, "best")["round"]) == 3  # ties: the latest (its checkpoint was kept)
+    assert int(search.trial_score(df, "last")["round"]) == 4
