@@ -102,7 +102,7 @@ def test_search_joins_a_two_node_cluster_and_uses_both_nodes(tmp_path, two_node_
         "optim": {"num_epochs": 1, "batch_size": 16, "learning_rate": 3e-3},
         # One trial per node: every worker needs the per-node "trial_slot" resource.
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "resources_per_worker": {"trial_slot": 1}},
-        "search": {"name": "multinode", "storage_path": str(tmp_path / "shared"), "num_samples": 4, "grace_period": 5},
+        "search": {"name": "multinode", "storage_path": str(tmp_path / "shared"), "num_samples": 4, "scheduler": "fifo"},
         "tracking": {"enabled": False},
         "space": {"distill.temperature": {"type": "uniform", "low": 1.0, "high": 4.0}},
     }
