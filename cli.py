@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--doc-stride", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-best", type=int, default=20, help="candidate starts and ends per window (default 20)")
+    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
+    p.add_argument("--predictions", metavar="FILE", default=None,
+                   help="write {question_id: answer} as the official SQuAD v1.1 evaluate-v1.1.py reads it")
+    p.add_argument("--nbest", metavar="FILE", default=None,
+                   help="write each question's n-best answers with scores and probabilities")
 
     p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA over the distillation trainer")
     _config_args(p)
@@ -91,7 +97,8 @@ def cmd_evaluate(args) -> int:
     from raykd import run
 
     print(json.dumps(run.evaluate_model(args.model, args.data, args.max_length, args.doc_stride,
-                                        args.batch_size), indent=2))
+                                        args.batch_size, args.predictions, args.nbest, args.n_best,
+                                        args.max_answer_length), indent=2))
     return 0
 
 

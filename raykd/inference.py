@@ -51,12 +51,14 @@ def evaluate(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    keep_nbest: bool = False,
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    """({"exact_match", "f1"}, id → prediction) of a model on prepared eval features."""
+    """({"exact_match", "f1"}, id → prediction) of a model on prepared eval features; with
+    ``keep_nbest`` each prediction also holds its n-best list (see :func:`metrics.postprocess`)."""
     start, end = predict_logits(model, features, batch_size, device, autocast_dtype)
     feats = features.select_columns(["example_id", "offset_mapping"]).to_list()
     exs = examples.to_list()
-    preds = metrics.postprocess(exs, feats, start, end, n_best, max_answer_length)
+    preds = metrics.postprocess(exs, feats, start, end, n_best, max_answer_length, keep_nbest=keep_nbest)
     scores = metrics.squad_scores({k: v["text"] for k, v in preds.items()}, exs)
     return scores, preds
 

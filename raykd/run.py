@@ -63,9 +63,11 @@ def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
 
 
 def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride: int = 128,
-                   batch_size: int = 64) -> dict[str, Any]:
-    """EM/F1 of a saved model on a SQuAD v1.1 JSON file (no Ray needed)."""
-    from raykd import data, inference, models
+                   batch_size: int = 64, predictions_file: str | None = None, nbest_file: str | None = None,
+                   n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
+    """EM/F1 of a saved model on a SQuAD v1.1 JSON file (no Ray needed); optionally writes the
+    answers in the official script's format and the n-best lists (:mod:`raykd.predictions`)."""
+    from raykd import data, inference, models, predictions
 
     if not Path(data_file).is_file():
         raise UserError(f"--data {data_file}: no such file")
@@ -75,9 +77,16 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
     qa = models.load_qa_model(model)
     loaded = data.read_squad_json(data_file)
     feats = data.build_features(loaded.examples, tok, max_length, doc_stride, train=False)
-    scores, _ = inference.evaluate(qa, feats, loaded.examples, batch_size=batch_size)
-    return {"exact_match": scores["exact_match"], "f1": scores["f1"], "examples": len(loaded.examples),
-            "skipped": loaded.skipped}
+    scores, preds = inference.evaluate(qa, feats, loaded.examples, n_best=n_best,
+                                       max_answer_length=max_answer_length, batch_size=batch_size,
+                                       keep_nbest=nbest_file is not None)
+    out = {"exact_match": scores["exact_match"], "f1": scores["f1"], "examples": len(loaded.examples),
+           "skipped": loaded.skipped}
+    if predictions_file:
+        out["predictions"] = str(predictions.write_answers(predictions_file, preds))
+    if nbest_file:
+        out["nbest"] = str(predictions.write_nbest(nbest_file, preds))
+    return out
 
 
 def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
