@@ -6,16 +6,24 @@ answers questions.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from raykd.config import RaykdConfig
@@ -204,6 +212,7 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
     plt.close(fig)
     if study is None:
         return
+    import optuna
     import optuna.visualization.matplotlib as ovm
 
     plots = {"optuna_history": ovm.plot_optimization_history, "optuna_parallel_coordinates": ovm.plot_parallel_coordinate}
@@ -212,7 +221,10 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
         plots["optuna_param_importances"] = ovm.plot_param_importances
     for name, fn in plots.items():
         try:
-            ax = fn(study)
+            # Optuna flags its matplotlib plots as experimental on every call; raykd chose them.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = fn(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.tight_layout()
             mlflow.log_figure(fig, f"plots/{name}.png")
@@ -269,6 +281,58 @@ EXAMPLE = pd.DataFrame({
     "question": ["Where was Alice Novak born?"],
     "context": ["Alice Novak was born in Lisbon. Alice Novak works as a chemist."],
 })
+# Declared rather than inferred from the example: inference warns that the integer columns could
+# not hold missing values, and ``start``/``end`` are always set (-1 when there is no answer).
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
+    outputs=Schema([ColSpec("string", "answer"), ColSpec("double", "score"), ColSpec("long", "start"),
+                    ColSpec("long", "end")]),
+)
+# What the logged model imports when it is loaded, besides raykd's own code (shipped with it).
+MODEL_PACKAGES = ("torch", "transformers", "datasets", "numpy", "pandas", "pyyaml", "mlflow", "cloudpickle")
+
+
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements: for each package it needs, raykd's own requirement
+    (e.g. ``transformers>=4.45``), so an environment where raykd is installed satisfies them and
+    loading the model prints no dependency-mismatch warning; the package name alone for one raykd
+    does not declare. MLflow's inference would instead pin whatever modules happened to be imported
+    while it probed the model (it misses torch and transformers, and adds ``raykd==<version>``, which
+    is shipped as code, not installed from an index)."""
+    try:
+        declared = importlib.metadata.requires("raykd") or []
+    except importlib.metadata.PackageNotFoundError:
+        declared = []
+    by_name = {}
+    for line in declared:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None:  # extras (dev, offline) are not the model's
+            by_name[canonicalize_name(req.name)] = f"{req.name}{req.specifier}"
+    return [by_name.get(canonicalize_name(p), p) for p in MODEL_PACKAGES]
+
+
+class _NoPickleNotice(logging.Filter):
+    """MLflow warns on every pyfunc logged as a Python object (pickled) rather than from a code
+    file. raykd's object is a stateless ``QAStudent()`` whose code travels with it (code_paths)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Passing a Python object as `python_model`" not in record.getMessage()
+
+
+def _register(name: str, info) -> str:
+    """Register the logged model as a new version of ``name``; through the client, which (unlike
+    the fluent API) does not print what it did: raykd prints the version itself."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    return str(client.create_model_version(name, source=info.model_uri, run_id=info.run_id,
+                                           model_id=info.model_id).version)
 
 
 def _dir_size_mb(path: Path) -> float:
@@ -301,14 +365,18 @@ def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best
         for _ in range(reps):
             qa.predict(None, EXAMPLE)
         latency_ms = (time.perf_counter() - t0) / reps * 1000
-        signature = mlflow.models.infer_signature(EXAMPLE, example_out)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=QAStudent(),
-            artifacts={"model": str(model_dir), "settings": str(settings)},
-            code_paths=[str(Path(raykd.__file__).parent)],
-            signature=signature, input_example=EXAMPLE,
-            registered_model_name=cfg.tracking.registered_model_name if register else None,
-        )
+        assert list(example_out.columns) == [c.name for c in SIGNATURE.outputs.inputs]
+        notice = _NoPickleNotice()
+        logging.getLogger("mlflow.pyfunc").addFilter(notice)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME, python_model=QAStudent(),
+                artifacts={"model": str(model_dir), "settings": str(settings)},
+                code_paths=[str(Path(raykd.__file__).parent)],
+                signature=SIGNATURE, input_example=EXAMPLE, pip_requirements=model_requirements(),
+            )
+        finally:
+            logging.getLogger("mlflow.pyfunc").removeFilter(notice)
         mlflow.log_metrics({
             "student_eval_f1": float(best.get(METRIC) or 0.0),
             "student_eval_exact_match": float(best.get("eval_exact_match") or 0.0),
@@ -317,9 +385,10 @@ def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best
             "student_latency_ms": latency_ms,
         })
     out: dict[str, Any] = {"model_uri": info.model_uri}
-    if register and info.registered_model_version is not None:
+    if register:
         client = MlflowClient()
-        name, version = cfg.tracking.registered_model_name, str(info.registered_model_version)
+        name = cfg.tracking.registered_model_name
+        version = _register(name, info)
         if study:
             client.set_model_version_tag(name, version, "study", study)
         client.set_model_version_tag(name, version, "teacher", str(teacher))
