@@ -17,6 +17,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--address", default=None,
                    help="Ray cluster to join ('auto' or host:port); default: RAY_ADDRESS, else a local Ray")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and the libraries' full output (always kept in <experiment>/logs/<command>.log)")
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +74,11 @@ def _load(args):
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "num_samples", None):
         cfg.search.num_samples = args.num_samples
+    # Before Ray and the libraries are imported: their loggers bind to the streams it installs.
+    from raykd import console
+
+    folder = cfg.search.name + ({"train": "-distill", "finetune": "-finetune"}.get(args.command, ""))
+    console.install(console.log_path(cfg.search.storage_path, folder, args.command), verbose=args.verbose)
     return cfg
 
 

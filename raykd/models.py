@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
 from raykd.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class ModelError(UserError):
@@ -107,14 +110,34 @@ def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTr
     return student
 
 
+def load_qa_model_new_head(name: str) -> PreTrainedModel:
+    """A QA model to train, whose question-answering head may be new: loading a base checkpoint
+    (e.g. a pre-trained encoder) into a QA class leaves ``qa_outputs`` freshly initialised and its
+    pooler unused. transformers reports that in a LOAD REPORT table on every load; here it is
+    expected, so only weights missing outside the head are reported."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForQuestionAnswering.from_pretrained(resolve(name), output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(level)
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("qa_outputs.")]
+    if missing:
+        log.warning("%s: %d weights not in the checkpoint were initialised at random, e.g. %s",
+                    name, len(missing), missing[:3])
+    return model
+
+
 def build_student(
     student: str, init_layers: Sequence[int] | None, init_source: str | None
 ) -> PreTrainedModel:
     if init_layers:
         if not init_source:
             raise ModelError("init_from_teacher_layers needs a teacher (or student_init_from)")
-        return student_from_layers(load_qa_model(init_source), init_layers)
-    return load_qa_model(student)
+        return student_from_layers(load_qa_model_new_head(init_source), init_layers)
+    return load_qa_model_new_head(student)
 
 
 def accepted_inputs(model: torch.nn.Module) -> tuple[str, ...]:

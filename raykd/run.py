@@ -14,6 +14,15 @@ from raykd.errors import UserError
 from raykd.metrics import METRIC
 
 
+def _begin() -> None:
+    """The command starts its work: say where its full output is kept."""
+    from raykd import console
+
+    log = console.begin()
+    if log:
+        print(f"[raykd] full output: {log}", flush=True)
+
+
 def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
     """The tracking module, connected (fails fast on an unreachable store), or None when off."""
     if not (enabled and cfg.tracking.enabled):
@@ -30,6 +39,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     from raykd import train
 
     tracker = _tracking(cfg, tracking_uri, tracking)
+    _begin()
     train.init_ray(address)
     study, info = train.prepare_study(cfg, mode)
     result = train.fit(cfg, mode, study=study)
@@ -57,6 +67,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
 def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
     from raykd import train
 
+    _begin()
     train.init_ray(address)
     study, info = train.prepare_study(cfg, "distill")
     return {**info, "teacher": study.teacher, "teacher_file": study.teacher_file}
@@ -105,8 +116,12 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         spaces.check_point(point, params, cfg.source)
     _check_searched_vocabularies(cfg, params)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
+    _begin()
     train.init_ray(address)
     study, info = train.prepare_study(cfg, train.DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
+    logits = ("computed" if info["teacher_logits_computed"] else "reused") if study.teacher_file else "not used"
+    print(f"[raykd] study: teacher {study.teacher}; features {'built' if info['features_built'] else 'reused'}; "
+          f"teacher logits {logits}", flush=True)
     n_features = teacher_cache.Prepared(Path(study.prepared)).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "

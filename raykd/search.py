@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import optuna
 import pyarrow.fs as pafs
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -162,6 +164,64 @@ class ResumableASHA(ASHAScheduler):
         self._save()
 
 
+class ProgressTable(tune.CLIReporter):
+    """Tune's progress table with what a user watches as columns: the round, ``eval_f1``, EM and
+    loss, and the searched parameters. Printed when a trial ends (and once at the end, if that
+    adds anything), not every few seconds; without the scheduler's brackets and the resource
+    lines, which are Ray's internals."""
+
+    def __init__(self, keys: list[str]):
+        short = [k.rsplit(".", 1)[-1] for k in keys]
+        params = {k: (s if short.count(s) == 1 else k) for k, s in zip(keys, short)}
+        super().__init__(metric_columns={"round": "round", METRIC: METRIC, "eval_exact_match": "EM",
+                                         "train_loss": "loss"},
+                         parameter_columns=params, max_report_frequency=0)
+        self._printed_at = 0  # trials ended when the table was last printed
+
+    def should_report(self, trials: list[Trial], done: bool = False) -> bool:
+        ended = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+        if ended == self._printed_at:
+            return False
+        self._printed_at = ended
+        return True
+
+    def report(self, trials: list[Trial], done: bool, *sys_info: str) -> None:
+        # Dropped: Ray's temporary artifacts folder (the experiment's folder is in the summary) and
+        # the "current best trial" by its last round, which is not a trial's score under
+        # trial_score: best.
+        lines = [line for line in self._progress_str(trials, done).splitlines()
+                 if not line.startswith(("Result logdir:", "Current best trial:"))]
+        self._print("\n".join(lines).rstrip("\n") + "\n")
+
+
+class RoundLines(tune.Callback):
+    """One line per trial round, printed by the search's driver as each result arrives. The
+    workers' own lines are not shown in a search: Ray forwards them late, and its log
+    deduplication merges lines of different trials that differ only in numbers."""
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+        self._printed: set[tuple[str, int]] = set()
+
+    def _line(self, trial: Trial, result: dict) -> None:
+        if METRIC not in result or (trial.trial_id, result.get("round")) in self._printed:
+            return
+        self._printed.add((trial.trial_id, result.get("round")))
+        print(f"[raykd] trial {trial.trial_id} round {result.get('round')}/{self.rounds}: "
+              f"{METRIC}={result[METRIC]:.2f} EM={result['eval_exact_match']:.2f} "
+              f"loss={result.get('train_loss', float('nan')):.4f}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
+        self._line(trial, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        last = trial.last_result or {}
+        self._line(trial, last)
+        if METRIC in last and not last.get("final", True):
+            print(f"[raykd] trial {trial.trial_id} stopped early by ASHA after round {last.get('round')}/{self.rounds}",
+                  flush=True)
+
+
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
 
@@ -297,6 +357,9 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
                              rounds=the_plan.rounds, keep_by=the_plan.keep_by, study_keys=keys, broker=broker),
         {"CPU": DRIVER_CPU},
     )
+    # Tune's newer console output ignores a progress reporter (ProgressTable); the classic one,
+    # chosen by this variable when fit() starts, takes its columns.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
             raise FileNotFoundError(f"--resume: no experiment to resume at {experiment_path}")
@@ -328,7 +391,10 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
             max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
         ),
-        run_config=tune.RunConfig(name=s.name, storage_path=storage, callbacks=callbacks, verbose=1),
+        run_config=tune.RunConfig(
+            name=s.name, storage_path=storage, callbacks=[RoundLines(the_plan.rounds), *callbacks], verbose=1,
+            progress_reporter=ProgressTable(spaces.searched_keys(params)
+                                            + [p.key for p in params if p.kind == "complement"])),
     )
     return SearchSetup(tuner, experiment_path)
 

@@ -221,9 +221,12 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
         plots["optuna_param_importances"] = ovm.plot_param_importances
     for name, fn in plots.items():
         try:
-            # Optuna flags its matplotlib plots as experimental on every call; raykd chose them.
+            # Optuna flags its matplotlib plots as experimental on every call (raykd chose them),
+            # and warns about degenerate studies (one learning rate for all trials, equal
+            # importances); the plot is logged either way.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)
                 ax = fn(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.tight_layout()

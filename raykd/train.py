@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -258,6 +259,10 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     loader = ray.train.torch.prepare_data_loader(loader)
     steps_per_epoch, total_steps, eval_every = schedule(cfg, len(train_ds), world)
     evals = eval_points(total_steps, eval_every, loop.get("eval_rounds"))
+    # A search trial's rounds are shown by the search's driver (its worker's line goes to the log
+    # only); a single run's by its worker.
+    label = f"[trial {ctx.get_experiment_name()}]" if loop.get("eval_rounds") else "[raykd]"
+    planned = max(evals.values())
 
     decay = [p for n, p in model.named_parameters() if not any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
     no_decay = [p for n, p in model.named_parameters() if any(x in n for x in ("bias", "LayerNorm", "layer_norm"))]
@@ -335,7 +340,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 # What this run trains on (a searched doc_stride or max_length changes it).
                 train_metrics["train_features"] = len(train_ds)
                 _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, step >= total_steps,
-                        steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype, history)
+                        steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype, history,
+                        f"{label} round {rnd}/{planned}")
                 sums = dict.fromkeys(sums, 0.0)
                 n_micro, n_samples, t0 = 0, 0, time.perf_counter()
                 model.train()
@@ -346,7 +352,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
 
 def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final, steps_per_epoch,
-            train_metrics, eval_feats, examples, device, amp_dtype, history) -> None:
+            train_metrics, eval_feats, examples, device, amp_dtype, history, label) -> None:
     metrics: dict[str, Any] = {
         # Where this run's rank 0 ran (which node of a cluster), for the record.
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -368,11 +374,13 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
     )
     metrics[METRIC] = scores["f1"]
     metrics["eval_exact_match"] = scores["exact_match"]
-    print(
-        f"[raykd] round {rnd} step {step} epoch {metrics['epoch']:.2f}: "
-        f"{METRIC}={scores['f1']:.2f} EM={scores['exact_match']:.2f} loss={train_metrics['train_loss']:.4f}",
-        flush=True,
+    # Not print(): Ray Train patches print in its workers to write the line twice (to stdout and
+    # through its logger).
+    sys.stdout.write(
+        f"{label} step {step} epoch {metrics['epoch']:.2f}: "
+        f"{METRIC}={scores['f1']:.2f} EM={scores['exact_match']:.2f} loss={train_metrics['train_loss']:.4f}\n"
     )
+    sys.stdout.flush()
     # Every checkpoint carries the run's metric history, so the driver can log all rounds from
     # the latest checkpoint alone (Train V2 results hold only the last report).
     history.append(metrics)
