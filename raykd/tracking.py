@@ -198,16 +198,9 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for row in summary["trials"]:
-        curve = row.get("curve") or []
-        if curve:
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o",
-                    label=f"{row['trial_id']}{' (stopped)' if row.get('stopped_early') else ''}")
-    ax.set_xlabel("evaluation round")
-    ax.set_ylabel(METRIC)
-    ax.set_title(f"{METRIC} over rounds, all trials")
-    ax.legend(fontsize=7)
+    from raykd import plots
+
+    fig = plots.rounds_figure(summary)
     mlflow.log_figure(fig, "plots/eval_f1_by_round.png")
     plt.close(fig)
     if study is None:

@@ -1,0 +1,63 @@
+"""Figures of a finished search, drawn from its summary (``summary.json``): every trial's eval F1
+by round. Matplotlib only (no MLflow, no Ray): :mod:`raykd.tracking` logs the figure to the study
+run, and ``benchmarks/plot_rounds.py`` writes it for the README.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raykd.metrics import METRIC
+
+# A summary row's own fields; every other key of a row is a searched parameter.
+ROW_FIELDS = {"trial_id", "status", METRIC, "eval_exact_match", "score_round", "rounds", "planned_rounds",
+              "stopped_early", "checkpoint_path", "curve"}
+
+
+def _short(key: str, value: Any) -> str:
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, float):
+        return f"{name}={value:.2g}" if abs(value) < 1e-2 else f"{name}={value:.2f}"
+    return f"{name}={value}"
+
+
+def rounds_figure(summary: dict[str, Any], title: str | None = None):
+    """Eval F1 over rounds, one line per trial: solid when it ran its whole schedule, dashed and
+    ending in a cross when ASHA stopped it; the best trial drawn thicker, with its score round
+    circled; ASHA's first rung as a dotted vertical line. Returns the matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = (summary.get("best") or {}).get("trial_id")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for row in summary["trials"]:
+        curve = row.get("curve") or []
+        if not curve:
+            continue
+        xs, ys = [c[0] for c in curve], [c[1] for c in curve]
+        params = ", ".join(_short(k, v) for k, v in row.items() if k not in ROW_FIELDS)
+        stopped = row.get("stopped_early")
+        label = f"{row['trial_id']}{' (stopped)' if stopped else ''}: {params}"
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, linestyle="--" if stopped else "-",
+                          linewidth=2.6 if row["trial_id"] == best else 1.2, label=label)
+        if stopped:
+            ax.plot(xs[-1], ys[-1], marker="x", markersize=9, color=line.get_color())
+        if row["trial_id"] == best and row.get("score_round") in xs:
+            ax.plot(row["score_round"], row[METRIC], marker="o", markersize=12, fillstyle="none",
+                    color=line.get_color())
+    if summary.get("grace_period"):
+        ax.axvline(summary["grace_period"], color="grey", linestyle=":", linewidth=1)
+        ax.text(summary["grace_period"], ax.get_ylim()[1], " ASHA's first rung", color="grey", fontsize=7,
+                va="top")
+    rounds = summary.get("rounds") or max((len(r.get("curve") or []) for r in summary["trials"]), default=1)
+    ax.set_xticks(range(1, rounds + 1))
+    ax.set_xlabel("evaluation round (k of R = k/R of a trial's training)")
+    ax.set_ylabel(f"{METRIC} (%)")
+    ax.set_title(title or f"{METRIC} by round, all trials (best circled)")
+    ax.grid(alpha=0.3)
+    # Below the axes: inside, it would hide the curves of the stopped trials.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False)
+    fig.tight_layout()
+    return fig
