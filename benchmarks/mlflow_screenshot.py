@@ -39,13 +39,13 @@ def _free_port() -> int:
 
 
 def _get(url: str, timeout: float = 10.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 -- our own local server
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read() or b"{}")
 
 
 def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read() or b"{}")
 
 
@@ -64,7 +64,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> Non
         if proc.poll() is not None:
             raise SystemExit(f"mlflow_screenshot: mlflow ui exited with status {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -119,7 +119,7 @@ class Browser:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=2) as r:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=2) as r:
                     pages = [t for t in json.loads(r.read()) if t["type"] == "page"]
                 if pages:
                     return pages[0]["webSocketDebuggerUrl"]

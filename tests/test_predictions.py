@@ -110,7 +110,7 @@ def test_predictions_file_scores_the_same_under_the_official_logic(tmp_path, tin
         [sys.executable, str(ROOT / "cli.py"), "evaluate", "--model", str(tiny_models["bert"]), "--data", str(data),
          "--max-length", "64", "--doc-stride", "32", "--n-best", "5",
          "--predictions", str(preds), "--nbest", str(nbest)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     raykd = json.loads(out.stdout)
