@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,7 @@ def compute_teacher_logits(
     out = np.empty((len(ds), 2, len(ds[0]["input_ids"])), dtype=np.float16)
     use_amp = device.startswith("cuda")
     n_batches = (len(ds) + batch_size - 1) // batch_size
+    t0 = time.perf_counter()
     for b, start in enumerate(range(0, len(ds), batch_size)):
         batch = {k: v.to(device) for k, v in ds[start : start + batch_size].items()}
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -166,7 +168,11 @@ def compute_teacher_logits(
         out[start : start + len(batch["input_ids"]), 0] = res.start_logits.float().cpu().numpy()
         out[start : start + len(batch["input_ids"]), 1] = res.end_logits.float().cpu().numpy()
         if progress and (b % 20 == 0 or b == n_batches - 1):
-            print(f"[raykd prepare] teacher logits: batch {b + 1}/{n_batches}", flush=True)
+            done, elapsed = start + len(batch["input_ids"]), time.perf_counter() - t0
+            rate = done / max(elapsed, 1e-9)
+            eta = (len(ds) - done) / rate
+            print(f"[raykd prepare] teacher logits: {done}/{len(ds)} features, {rate:.0f}/s, "
+                  f"elapsed {elapsed:.0f}s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s", flush=True)
     return out
 
 
