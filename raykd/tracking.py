@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from ray.air.integrations.mlflow import MLflowLoggerCallback
@@ -327,8 +328,11 @@ def _register(name: str, info) -> str:
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    return str(client.create_model_version(name, source=info.model_uri, run_id=info.run_id,
-                                           model_id=info.model_id).version)
+    version = str(client.create_model_version(name, source=info.model_uri, run_id=info.run_id,
+                                              model_id=info.model_id).version)
+    # The link from the (just logged) model to its version, which the UI's runs table shows.
+    client.set_logged_model_tags(info.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([{"name": name, "version": version}])})
+    return version
 
 
 def _dir_size_mb(path: Path) -> float:
