@@ -29,8 +29,9 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import spaces, train
+from raykd import errors, spaces, train
 from raykd.config import RaykdConfig, with_values
+from raykd.errors import TrialFailed
 from raykd.metrics import METRIC, MODE
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
@@ -179,7 +180,13 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
         cfg, train.Study(**study).loop_config(cfg, train.DISTILL, eval_rounds=rounds), name=trial_id,
         storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        # Train's error carries every worker's traceback; the trial's error says why in one line
+        # (the traceback stays in the Train run's logs).
+        causes = getattr(exc, "worker_failures", None) or {"": exc}
+        raise TrialFailed("; ".join(sorted({errors.reason(e) for e in causes.values()}))) from None
 
 
 def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
@@ -300,8 +307,10 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
             raise FileNotFoundError(f"--resume: no experiment to resume at {experiment_path}")
+        # A failed trial stays failed (its reason is recorded; a NaN loss would fail again): resume
+        # continues only the trials the interruption left unfinished.
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=False)
         return SearchSetup(tuner, experiment_path)
     searcher = TruthfulOptunaSearch(
         space=spaces.define_by_run(params),
@@ -346,16 +355,20 @@ def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: 
     statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
     interrupted = any(st not in ("TERMINATED", "ERROR") for st in statuses.values()) \
         or len(grid) < cfg.search.num_samples
+    # Summarize before pruning: a trial resumed by --resume finds its earlier rounds in its latest
+    # checkpoint, which pruning may remove.
+    summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
+                        the_plan, statuses, runs_path=f"{setup.experiment_path}/{TRAIN_RUNS}")
+    summary["interrupted"] = interrupted
     if not interrupted:
         # Only a finished search prunes: an unfinished trial resumes from Train's latest
         # checkpoint, which Train refuses to do when a checkpoint it recorded is gone.
         prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
-    summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
-                        the_plan, statuses)
-    summary["interrupted"] = interrupted
     summary["experiment_path"] = setup.experiment_path
     summary["optuna_trials"] = optuna_trials(cfg, setup.experiment_path)
-    if "://" not in setup.experiment_path:
+    # summary.json marks a finished search (benchmarks and the registry read it as final); an
+    # interrupted one is reported on the console and continued with --resume.
+    if "://" not in setup.experiment_path and not interrupted:
         Path(setup.experiment_path, SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -391,20 +404,58 @@ def trial_score(df, rule: str):
     return df.loc[col.idxmax() if MODE == "max" else col.idxmin()]
 
 
-def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None) -> dict[str, Any]:
+def _with_earlier_rounds(df, runs_path: str | None):
+    """A trial's rounds, all of them. Tune restarts the function of a trial resumed by --resume
+    with a fresh result file (Train, not Tune, holds the checkpoint), so Tune's results of that
+    trial start at the round it resumed from; the rounds before are in the history every
+    checkpoint carries (its latest checkpoint is still there: pruning comes after the summary)."""
+    import pandas as pd
+
+    if runs_path is None or df is None or df.empty or "round" not in df or int(df["round"].iloc[0]) <= 1:
+        return df
+    fs, _ = _fs(runs_path)
+    latest = df["checkpoint_path"].dropna()
+    if latest.empty:
+        return df
+    try:
+        with fs.open_input_stream(f"{latest.iloc[-1]}/{train.META_FILE}") as f:
+            history = json.loads(f.read())["history"]
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return df
+    earlier = [h for h in history if int(h["round"]) < int(df["round"].iloc[0])]
+    if not earlier:
+        return df
+    # Each earlier round's checkpoint, if Train kept it (by num_to_keep).
+    where: dict[int, str] = {}
+    parent = str(latest.iloc[-1]).rsplit("/", 1)[0]
+    for info in fs.get_file_info(pafs.FileSelector(parent)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                with fs.open_input_stream(f"{info.path}/{train.META_FILE}") as f:
+                    where[int(json.loads(f.read())["round"])] = info.path
+            except (FileNotFoundError, OSError, KeyError, ValueError):
+                continue
+    before = pd.DataFrame([{**h, "checkpoint_path": where.get(int(h["round"]))} for h in earlier])
+    return pd.concat([before, df], ignore_index=True)
+
+
+def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None,
+              runs_path: str | None = None) -> dict[str, Any]:
     """One row per trial (hyperparameters, its score and the round it comes from, rounds run of
     those planned, stopped early), and the best trial: the best score over all trials, with the
     checkpoint of the round it comes from."""
     rows = []
     for result in grid:
-        df = result.metrics_dataframe
+        df = _with_earlier_rounds(result.metrics_dataframe, runs_path)
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         row: dict[str, Any] = {"trial_id": trial_id, **{k: config.get(k) for k in keys}}
+        if result.error:
+            row["error"] = errors.reason(result.error)
         # Not TERMINATED and not errored: the search was interrupted while this trial ran or waited.
         unfinished = (statuses or {}).get(trial_id, "TERMINATED") not in ("TERMINATED", "ERROR")
         if df is None or df.empty or METRIC not in df:
-            row.update({"status": "ERROR" if result.error else ("UNFINISHED" if unfinished else "NO RESULT"),
+            row.update({"status": "FAILED" if result.error else ("UNFINISHED" if unfinished else "NO RESULT"),
                         METRIC: None,
                         "eval_exact_match": None, "rounds": 0, "planned_rounds": the_plan.rounds,
                         "stopped_early": False,
@@ -415,7 +466,7 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
         last = df.iloc[-1]
         final = bool(last.get("final", True))
         row.update({
-            "status": "ERROR" if result.error else (
+            "status": "FAILED" if result.error else (
                 "UNFINISHED" if unfinished else "STOPPED" if not final else "COMPLETED"),
             METRIC: float(best[METRIC]),
             "eval_exact_match": float(best["eval_exact_match"]),
@@ -427,7 +478,9 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
             "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[METRIC])],
         })
         rows.append(row)
-    scored = [r for r in rows if r[METRIC] is not None and r["status"] != "UNFINISHED"]
+    # A failed trial's rounds before the failure are real, but its run did not end as configured:
+    # the winner comes from trials that ran their schedule (or were stopped by the scheduler).
+    scored = [r for r in rows if r[METRIC] is not None and r["status"] not in ("UNFINISHED", "FAILED")]
     pick = max if MODE == "max" else min
     best_row = pick(scored, key=lambda r: r[METRIC]) if scored else None
     return {"metric": METRIC, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
@@ -438,7 +491,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = summary["trials"]
     if not rows:
         return "(no trials)"
-    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve", "planned_rounds")]
+    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve", "planned_rounds", "error")]
 
     def fmt(k, r):
         v = r.get(k)
@@ -454,4 +507,5 @@ def format_table(summary: dict[str, Any]) -> str:
     line = "  ".join(k.ljust(w) for k, w in zip(keys, widths))
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    out += [f"{r['trial_id']} FAILED: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out)

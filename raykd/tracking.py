@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from raykd import errors
 from raykd.config import RaykdConfig
 from raykd.errors import UserError
 from raykd.metrics import METRIC
@@ -133,7 +134,11 @@ class TrialRunsCallback(MLflowLoggerCallback):
         client = MlflowClient(self.tracking_uri)
         if failed:
             client.set_tag(run_id, "raykd.end", "failed")
-            client.set_tag(run_id, "raykd.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:500])
+            try:
+                why = errors.reason(trial.get_error())
+            except Exception:  # noqa: BLE001 -- the error file is gone or unreadable: point at it
+                why = ""
+            client.set_tag(run_id, "raykd.error", why or f"see {getattr(trial, 'error_file', None) or 'the Ray logs'}")
             status = "FAILED"
         elif not last.get("final", True):
             client.set_tag(run_id, "raykd.end", f"stopped early by ASHA after round {last.get('round')}")

@@ -29,6 +29,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from raykd import inference, losses, models, teacher_cache
 from raykd.config import RaykdConfig
+from raykd.errors import TrialFailed
 from raykd.metrics import METRIC, MODE
 
 FINETUNE, DISTILL = "finetune", "distill"
@@ -312,9 +313,18 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 student_hidden=out.hidden_states[-1] if dist.alpha_cos > 0 else None,
                 teacher_hidden=t_hidden, attention_mask=batch["attention_mask"],
             )
+            values = {k: float(parts[k].detach()) for k in sums}
+            if not math.isfinite(values["loss"]):
+                # A diverged student cannot recover and its eval F1 would be meaningless: fail the
+                # trial with why, rather than train on NaNs or let it score 0 (Optuna would learn
+                # "bad hyperparameters" instead of "broken run").
+                raise TrialFailed(
+                    f"non-finite loss ({values['loss']}) at step {step + 1} of {total_steps}: "
+                    f"learning_rate {opt.learning_rate:g}, temperature {dist.temperature:g}, "
+                    f"alpha_ce {dist.alpha_ce:g}, alpha_squad {dist.alpha_squad:g}, precision {opt.precision}")
             scaler.scale(parts["loss"] / opt.grad_accum_steps).backward()
             for k in sums:
-                sums[k] += float(parts[k].detach())
+                sums[k] += values[k]
             n_micro += 1
             n_samples += len(batch["input_ids"])
             micro += 1
