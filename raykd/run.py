@@ -130,8 +130,13 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
               "checkpoint was pruned. Continue the search with --resume.")
         return summary
     if tracker:
+        # The registered student answers with the winner's settings (a searched max_length,
+        # doc_stride, n_best, teacher), not the base config's.
+        best = summary["best"] or {}
+        won = with_values(cfg, {p.key: best[p.key] for p in params if p.kind != "constant" and p.key in best})
+        teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher
         summary["mlflow"] = tracker.finish_study(
-            parent, summary, cfg, study.teacher, spaces.searched_keys(params),
+            parent, summary, won, teacher, spaces.searched_keys(params),
             optuna_study=search_mod.load_optuna_study(cfg, summary["experiment_path"]))
     print()
     print(search_mod.format_table(summary))

@@ -13,9 +13,13 @@ Optuna is told, what the summary ranks by and what the registry registers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import pickle
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raykd import errors, spaces, train
 from raykd.config import RaykdConfig, with_values
-from raykd.errors import TrialFailed
+from raykd.errors import TrialFailed, UserError
 from raykd.metrics import METRIC, MODE
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
@@ -75,7 +79,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         if rnd in self._reported.setdefault(trial_id, set()):
             return
         self._reported[trial_id].add(rnd)
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: rnd, self.metric: self._score[trial_id]})
+        try:
+            super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: rnd, self.metric: self._score[trial_id]})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Optuna's study (sqlite, written at once) already closed this trial while Tune's
+            # saved state, older after a hard kill, still had it running: Optuna's record stands.
+            pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and self.metric in result:
@@ -122,8 +131,16 @@ class ResumableASHA(ASHAScheduler):
     uninterrupted search stops. The rungs are written beside the experiment after every result
     and read back on resume."""
 
-    def __init__(self, state_uri: str, **kwargs):
+    def __init__(self, state_uri: str, last_round: int, **kwargs):
         super().__init__(**kwargs)
+        # A rung at (or past) the last round would stop a trial on its final result: the trial has
+        # finished anyway, but Tune would kill it instead of letting fit() return and Train shut
+        # its workers down itself.
+        for bracket in self._brackets:
+            bracket._rungs = [(m, rec) for m, rec in bracket._rungs if m < last_round]
+        # Trials ASHA stopped. After a hard kill Tune's saved state can be older than the rungs
+        # and list one as running; resumed, it is stopped again at its first result.
+        self._stopped: set[str] = set()
         self._state_uri = state_uri
         fs, path = _fs(state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
@@ -139,13 +156,14 @@ class ResumableASHA(ASHAScheduler):
                 saved = pickle.loads(f.read())
             self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
             self._num_stopped = saved["num_stopped"]
+            self._stopped = saved.get("stopped", set())
 
     def _save(self) -> None:
         fs, path = _fs(self._state_uri)
         tmp = path + ".tmp"
         with fs.open_output_stream(tmp) as f:
             f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
-                                  "num_stopped": self._num_stopped}))
+                                  "num_stopped": self._num_stopped, "stopped": self._stopped}))
         fs.move(tmp, path)
 
     def on_trial_add(self, tune_controller, trial) -> None:
@@ -154,7 +172,11 @@ class ResumableASHA(ASHAScheduler):
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self._stopped:
+            return self.STOP
         decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP:
+            self._stopped.add(trial.trial_id)
         self._save()
         return decision
 
@@ -292,11 +314,16 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
     keys = spaces.study_keys(params)
     broker = None
     if keys:
+        # A teacher raykd fine-tuned for the base study is the teacher of every study: fine-tuning
+        # one per searched data value would confound the comparison (and cost a fine-tune each).
+        broker_base = cfg
+        if cfg.models.teacher is None and study.teacher:
+            broker_base = with_values(cfg, {"models.teacher": study.teacher})
         # On the driver's node, where the base study was prepared.
         here = ray.get_runtime_context().get_node_id()
         broker = ray.remote(num_cpus=0)(StudyBroker).options(
             scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False),
-        ).remote(cfg.to_dict(), spaces.may_use_teacher_logits(cfg, params),
+        ).remote(broker_base.to_dict(), spaces.may_use_teacher_logits(cfg, params),
                  {json.dumps({k: spaces.values_of([], cfg, k)[0] for k in keys}, sort_keys=True, default=str):
                   study.__dict__})
     trainable = tune.with_resources(
@@ -328,7 +355,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
         # max_t one past the last round: a trial that completes ends by returning from fit() (Train
         # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
         # its placement group to Train's asynchronous cleaner.
-        scheduler = ResumableASHA(f"{experiment_path}/{ASHA_STATE}", time_attr="round",
+        scheduler = ResumableASHA(f"{experiment_path}/{ASHA_STATE}", last_round=the_plan.rounds, time_attr="round",
                                   max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
                                   reduction_factor=s.reduction_factor)
     tuner = tune.Tuner(
@@ -346,13 +373,11 @@ def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: 
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)
+    _same_plan_on_resume(cfg, the_plan, resume, callbacks or [])
     setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
-    grid = setup.tuner.fit()
-    # Tune catches Ctrl-C, saves the experiment and returns normally; trials it did not finish are
-    # neither TERMINATED nor errored.
-    # Tune's per-trial status is what tells an interrupted trial from one ASHA stopped (both end
-    # on a round that is not final); ResultGrid exposes it only through its analysis.
-    statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+    with _hangup_is_ctrl_c():
+        grid = setup.tuner.fit()
+    statuses = _saved_statuses(setup.experiment_path, grid)
     interrupted = any(st not in ("TERMINATED", "ERROR") for st in statuses.values()) \
         or len(grid) < cfg.search.num_samples
     # Summarize before pruning: a trial resumed by --resume finds its earlier rounds in its latest
@@ -371,6 +396,63 @@ def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: 
     if "://" not in setup.experiment_path and not interrupted:
         Path(setup.experiment_path, SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+PLAN_FILE = "raykd_plan.json"
+
+
+def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbacks: list) -> None:
+    """A resumed search restores its scheduler, searcher and callbacks as they were pickled when
+    it started, while its trials would take rounds and checkpoint rules from the current config:
+    a changed setting would be half applied, so it is refused. The plan is recorded at the start."""
+    record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
+              "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
+              "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
+    fs, path = _fs(f"{train.storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
+    if resume:
+        try:
+            with fs.open_input_stream(path) as f:
+                saved = json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return  # started before the plan was recorded
+        changed = {k: (saved.get(k), v) for k, v in record.items() if saved.get(k) != v}
+        if changed:
+            raise UserError(f"{cfg.source or 'config'}: --resume with settings that differ from the interrupted "
+                            "search's (was, now): " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                            + "; resume with the original settings, or start a new search.name")
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(record).encode())
+
+
+@contextlib.contextmanager
+def _hangup_is_ctrl_c():
+    """While the search runs, a closed terminal (SIGHUP) or a polite kill (SIGTERM) stops it the
+    way Ctrl-C does: Tune saves the experiment and the search ends resumable (Tune itself only
+    catches SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _saved_statuses(experiment_path: str, grid) -> dict[str, str]:
+    """Each trial's Tune status as Tune saved it when the search ended. On Ctrl-C Tune saves the
+    experiment, then stops the trials still running and marks them TERMINATED, so the ResultGrid
+    cannot tell them from finished ones; the saved state still has them RUNNING (or PENDING)."""
+    try:
+        analysis = tune.ExperimentAnalysis(experiment_path)
+        return {t.trial_id: t.status for t in analysis.trials}
+    except Exception:  # noqa: BLE001 -- no readable snapshot: what the grid says is all there is
+        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
 
 
 def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
@@ -404,39 +486,35 @@ def trial_score(df, rule: str):
     return df.loc[col.idxmax() if MODE == "max" else col.idxmin()]
 
 
-def _with_earlier_rounds(df, runs_path: str | None):
+def _with_earlier_rounds(df, runs_path: str | None, trial_id: str):
     """A trial's rounds, all of them. Tune restarts the function of a trial resumed by --resume
     with a fresh result file (Train, not Tune, holds the checkpoint), so Tune's results of that
-    trial start at the round it resumed from; the rounds before are in the history every
-    checkpoint carries (its latest checkpoint is still there: pruning comes after the summary)."""
+    trial start at the round it resumed from, or are empty when it had reported its last round
+    before the interruption. The rounds before are in the history every checkpoint of the trial's
+    Train run carries (its latest checkpoint is still there: pruning comes after the summary)."""
     import pandas as pd
 
-    if runs_path is None or df is None or df.empty or "round" not in df or int(df["round"].iloc[0]) <= 1:
+    first = int(df["round"].iloc[0]) if df is not None and not df.empty and "round" in df else None
+    if runs_path is None or first == 1:
         return df
-    fs, _ = _fs(runs_path)
-    latest = df["checkpoint_path"].dropna()
-    if latest.empty:
-        return df
-    try:
-        with fs.open_input_stream(f"{latest.iloc[-1]}/{train.META_FILE}") as f:
-            history = json.loads(f.read())["history"]
-    except (FileNotFoundError, OSError, KeyError, ValueError):
-        return df
-    earlier = [h for h in history if int(h["round"]) < int(df["round"].iloc[0])]
-    if not earlier:
-        return df
-    # Each earlier round's checkpoint, if Train kept it (by num_to_keep).
-    where: dict[int, str] = {}
-    parent = str(latest.iloc[-1]).rsplit("/", 1)[0]
-    for info in fs.get_file_info(pafs.FileSelector(parent)):
+    fs, root = _fs(f"{runs_path}/{trial_id}")
+    metas: dict[int, tuple[dict, str]] = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
             try:
                 with fs.open_input_stream(f"{info.path}/{train.META_FILE}") as f:
-                    where[int(json.loads(f.read())["round"])] = info.path
+                    meta = json.loads(f.read())
+                metas[int(meta["round"])] = (meta, info.path)
             except (FileNotFoundError, OSError, KeyError, ValueError):
                 continue
-    before = pd.DataFrame([{**h, "checkpoint_path": where.get(int(h["round"]))} for h in earlier])
-    return pd.concat([before, df], ignore_index=True)
+    if not metas:
+        return df
+    history = metas[max(metas)][0].get("history", [])
+    earlier = [h for h in history if first is None or int(h["round"]) < first]
+    if not earlier:
+        return df
+    before = pd.DataFrame([{**h, "checkpoint_path": metas.get(int(h["round"]), (None, None))[1]} for h in earlier])
+    return before if first is None else pd.concat([before, df], ignore_index=True)
 
 
 def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None,
@@ -446,9 +524,9 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
     checkpoint of the round it comes from."""
     rows = []
     for result in grid:
-        df = _with_earlier_rounds(result.metrics_dataframe, runs_path)
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        df = _with_earlier_rounds(result.metrics_dataframe, runs_path, trial_id)
         row: dict[str, Any] = {"trial_id": trial_id, **{k: config.get(k) for k in keys}}
         if result.error:
             row["error"] = errors.reason(result.error)

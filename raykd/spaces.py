@@ -13,6 +13,7 @@ Keys are dotted config fields (any field of :class:`raykd.config.RaykdConfig`). 
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from dataclasses import dataclass
@@ -271,6 +272,28 @@ def check_corners(base: config_mod.RaykdConfig, params: list[Param]) -> None:
             except config_mod.ConfigError as exc:
                 msg = str(exc).split(": ", 1)[-1] if base.source else str(exc)
                 raise _err(base.source, p.key, f"value {v!r} makes an invalid config: {msg}") from None
+    _check_joint_corners(base, params)
+
+
+# Searched keys whose valid values depend on each other: every combination of their ends must be
+# valid, not only each end on the base config (max_length 128 with doc_stride 192 is not).
+JOINT = [("data.max_length", "data.doc_stride")]
+
+
+def _check_joint_corners(base: config_mod.RaykdConfig, params: list[Param]) -> None:
+    by_key = {p.key: p for p in params if p.kind not in ("complement", "constant")}
+    for group in JOINT:
+        searched = [by_key[k] for k in group if k in by_key]
+        if len(searched) < 2:
+            continue
+        for combo in itertools.product(*(_corners(p) for p in searched)):
+            flat = {p.key: v for p, v in zip(searched, combo)}
+            try:
+                config_mod.with_values(base, flat)
+            except config_mod.ConfigError as exc:
+                msg = str(exc).split(": ", 1)[-1] if base.source else str(exc)
+                raise _err(base.source, " and ".join(group),
+                           f"values {flat} make an invalid config: {msg}") from None
 
 
 def may_use_teacher_logits(base: config_mod.RaykdConfig, params: list[Param]) -> bool:
