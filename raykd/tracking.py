@@ -135,7 +135,9 @@ class TrialRunsCallback(MLflowLoggerCallback):
         if failed:
             client.set_tag(run_id, "raykd.end", "failed")
             try:
-                why = errors.reason(trial.get_error())
+                # The trial's local error file: the copy in storage is synced later.
+                local = Path(trial.error_file) if trial.error_file else None
+                why = errors.reason(local.read_text() if local and local.is_file() else trial.get_error())
             except Exception:  # noqa: BLE001 -- the error file is gone or unreadable: point at it
                 why = ""
             client.set_tag(run_id, "raykd.error", why or f"see {getattr(trial, 'error_file', None) or 'the Ray logs'}")

@@ -104,14 +104,15 @@ def _trial_results(exp: Path) -> dict[str, int]:
 
 def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     """The real CLI in a subprocess (its own Ray), interrupted with SIGINT (Ctrl-C) after its
-    first trial finished: it exits 130, says how to resume, prunes and registers nothing, and
+    first trial finished, during its second and last (Tune has every trial it will run, so only its
+    saved state tells the running one from a finished one): it exits 130, says how to resume, prunes and registers nothing, and
     marks the open MLflow runs KILLED. --resume then completes the study: the finished trial is not
     run again, the unfinished one continues from its checkpoint in its own child run, and the
     study has exactly one child run per trial."""
     import mlflow
     from mlflow import MlflowClient
 
-    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 3, {
+    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 2, {
         "optim": {"num_epochs": 2, "batch_size": 16, "eval_every_steps": 5, "warmup_ratio": 0.0},
         "tracking": {"enabled": True, "experiment_name": "resume"},
     })
@@ -142,6 +143,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
             proc.wait()
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out and "--resume" in out.splitlines()[-1], out[-2000:]
+    assert "interrupted: 1 trial(s) unfinished" in out, out[-2000:]
     assert not (exp / search.SUMMARY).exists()
     client = MlflowClient(uri)
     assert not client.search_registered_models()  # nothing registered
@@ -154,7 +156,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     after = _trial_results(exp)
     assert after[finished] == before[finished]  # not run again
     summary = json.loads((exp / search.SUMMARY).read_text())
-    assert len(summary["trials"]) == 3 and not summary["interrupted"]
+    assert len(summary["trials"]) == 2 and not summary["interrupted"]
     assert all(r["status"] in ("COMPLETED", "STOPPED") for r in summary["trials"]), summary["trials"]
     # A resumed trial continued where it stopped: Tune's results after the resume never repeat a
     # round, and the summary holds each trial's whole curve, rounds 1..n (those before the resume
@@ -270,7 +272,7 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(local_ray, tmp_pat
     from ray.util.state import list_actors
 
     path = _space_yaml(tmp_path, tiny_models, "kill", 1, {
-        "optim": {"num_epochs": 2, "batch_size": 8, "eval_every_steps": 5, "warmup_ratio": 0.0},
+        "optim": {"num_epochs": 4, "batch_size": 8, "eval_every_steps": 5, "warmup_ratio": 0.0},
         "scaling": {"num_workers": 1, "max_failures": 1},
         "search": {"name": "kill", "storage_path": str(tmp_path / "results"), "num_samples": 1, "rounds": 4,
                    "scheduler": "fifo", "seed": 1, "n_startup_trials": 1},
@@ -279,22 +281,31 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(local_ray, tmp_pat
     })
     exp = tmp_path / "results" / "kill"
     killed: list[int] = []
+    problems: list[BaseException] = []
+    done = threading.Event()
 
     def kill_after_first_round():
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if any(f.stat().st_size for f in exp.glob("*/result.json")):
-                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-                if workers:
-                    os.kill(workers[0].pid, signal.SIGKILL)
-                    killed.append(workers[0].pid)
-                    return
-            time.sleep(0.2)
+        # Round 1's checkpoint, written by the worker straight to storage, says round 1 is reported.
+        try:
+            while not done.is_set():
+                if list((exp / search.TRAIN_RUNS).glob("*/checkpoint_*")):
+                    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                    if workers:
+                        os.kill(workers[0].pid, signal.SIGKILL)
+                        killed.append(workers[0].pid)
+                        return
+                done.wait(0.2)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test below
+            problems.append(exc)
 
     killer = threading.Thread(target=kill_after_first_round, daemon=True)
     killer.start()
-    summary = run.search(load_config(str(path)))
-    killer.join(timeout=5)
+    try:
+        summary = run.search(load_config(str(path)))
+    finally:
+        done.set()
+        killer.join(timeout=30)
+    assert not problems, problems
     assert killed, "the worker was never killed"
     (reports,) = _results(exp).values()
     rounds = [r["round"] for r in reports]
