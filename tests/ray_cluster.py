@@ -61,10 +61,11 @@ def two_node_cluster(logs: Path, env: dict[str, str], head_env: dict[str, str] |
         _wait_nodes(address, 2, env, logs)
         yield address
     finally:
-        for p in reversed(procs):  # by the pids started here; each stops the Ray processes it started
+        # By the pids started here, each stopping the Ray processes it started: the worker node
+        # first, while the head it deregisters from is still up.
+        for p in reversed(procs):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(procs):
             try:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-import yaml
-
 import ray_cluster
+import yaml
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[1]
@@ -124,11 +123,11 @@ def test_search_on_nodes_sharing_no_filesystem_with_an_s3_storage_path(tmp_path,
 
     # The study and the teacher were published once, under <storage_path>/cache.
     cache = _files(fs, f"{BUCKET}/runs/cache")
-    manifests = [p for p in cache if p.endswith("/manifest.json")]
-    assert len(manifests) == 2  # the teacher's fine-tuning features, the distillation study
+    # (The teacher's fine-tuning and the distillation tokenize alike here: one features folder.)
+    assert len([p for p in cache if p.endswith("/manifest.json")]) == 1
     logits = [p for p in cache if p.rsplit("/", 1)[-1].startswith("teacher-") and p.endswith(".npy")]
     assert len(logits) == 1
-    assert len([p for p in cache if p.endswith(f"/{'_raykd_complete'}") and "/teachers/" in p]) == 1
+    assert len([p for p in cache if p.endswith("/_raykd_complete") and "/teachers/" in p]) == 1
 
     # Each node fetched what its trials read into its own cache, once, with no partial leftovers.
     study_fp = logits[0].split("/")[-2]

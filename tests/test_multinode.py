@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
 import ray_cluster
+import yaml
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[1]
