@@ -42,8 +42,10 @@ class DataConfig:
     max_eval_samples: int | None = None
     n_best: int = 20
     max_answer_length: int = 30
-    # Where prepared features, teacher logits and fine-tuned teachers are stored. None: under the
-    # experiment's storage_path, so every node of a cluster can read it when storage is shared.
+    # Where prepared features, teacher logits and fine-tuned teachers are stored, for a folder every
+    # node sees (a shared mount). None: <storage_path>/cache for a local storage_path; with a cloud
+    # storage_path, built in the driver's node-local cache, published once to <storage_path>/cache
+    # and fetched once per node (see raykd.study_store).
     cache_dir: str | None = None
 
 

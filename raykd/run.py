@@ -27,7 +27,7 @@ def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
 def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking_uri: str | None = None,
                tracking: bool = True) -> dict[str, Any]:
     """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
-    from raykd import train
+    from raykd import storage, train
 
     tracker = _tracking(cfg, tracking_uri, tracking)
     train.init_ray(address)
@@ -47,7 +47,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
         "eval_exact_match": best.get("eval_exact_match"),
         "best_round": best.get("round"),
         "rounds": (result.metrics or {}).get("round"),
-        "checkpoint": checkpoint.path,
+        "checkpoint": storage.as_uri(checkpoint.path, train.storage_root(cfg)),
         "teacher": study.teacher,
         "prepared": info,
         "mlflow": logged,
@@ -84,7 +84,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
            tracking_uri: str | None = None, tracking: bool = True) -> dict[str, Any]:
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
     from raykd import search as search_mod
-    from raykd import spaces, teacher_cache, train
+    from raykd import spaces, storage, teacher_cache, train
 
     # Everything a trial could refuse is refused here, before Ray starts.
     params = spaces.parse(cfg.space, cfg.source)
@@ -98,7 +98,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
     train.init_ray(address)
     study, info = train.prepare_study(cfg, train.DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
-    n_features = teacher_cache.Prepared(Path(study.prepared)).manifest()["n_train_features"]
+    n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
@@ -107,15 +107,14 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if tracker:
         uri = tracker.resolve_uri(cfg, tracking_uri)
         # A resumed search keeps logging under the study run it started with.
-        parent_file = Path(train.storage_root(cfg)) / cfg.search.name / "mlflow_study_run_id"
-        if resume and parent_file.exists():
-            parent = parent_file.read_text().strip()
+        parent_file = storage.join(train.storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
+        saved = storage.read_text(parent_file) if resume else None
+        if saved:
+            parent = saved.strip()
             tracker.reopen_study(parent)
         else:
             parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
-            if "://" not in str(parent_file):
-                parent_file.parent.mkdir(parents=True, exist_ok=True)
-                parent_file.write_text(parent)
+            storage.write_text(parent_file, parent)
         callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
     summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}

@@ -33,7 +33,7 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import errors, spaces, train
+from raykd import errors, spaces, storage, train
 from raykd.config import RaykdConfig, with_values
 from raykd.errors import TrialFailed, UserError
 from raykd.metrics import METRIC, MODE
@@ -142,7 +142,7 @@ class ResumableASHA(ASHAScheduler):
         # and list one as running; resumed, it is stopped again at its first result.
         self._stopped: set[str] = set()
         self._state_uri = state_uri
-        fs, path = _fs(state_uri)
+        fs, path = storage.filesystem(state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
             fs.delete_file(path)  # a fresh search starts with empty rungs
 
@@ -150,7 +150,7 @@ class ResumableASHA(ASHAScheduler):
         # Tuner.restore unpickles the scheduler as it was when the search started: bring the
         # rungs up to date from the file written during the search.
         self.__dict__.update(state)
-        fs, path = _fs(self._state_uri)
+        fs, path = storage.filesystem(self._state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
             with fs.open_input_stream(path) as f:
                 saved = pickle.loads(f.read())
@@ -159,7 +159,7 @@ class ResumableASHA(ASHAScheduler):
             self._stopped = saved.get("stopped", set())
 
     def _save(self) -> None:
-        fs, path = _fs(self._state_uri)
+        fs, path = storage.filesystem(self._state_uri)
         tmp = path + ".tmp"
         with fs.open_output_stream(tmp) as f:
             f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
@@ -183,10 +183,6 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
         self._save()
-
-
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
 
 
 def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
@@ -308,8 +304,8 @@ class SearchSetup:
 def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the_plan: Plan,
            callbacks: list, resume: bool) -> SearchSetup:
     s = cfg.search
-    storage = train.storage_root(cfg)
-    experiment_path = f"{storage.rstrip('/')}/{s.name}"
+    root = train.storage_root(cfg)
+    experiment_path = storage.join(root, s.name)
     runs_path = f"{experiment_path}/{TRAIN_RUNS}"
     keys = spaces.study_keys(params)
     broker = None
@@ -364,7 +360,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
             max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
         ),
-        run_config=tune.RunConfig(name=s.name, storage_path=storage, callbacks=callbacks, verbose=1),
+        run_config=tune.RunConfig(name=s.name, storage_path=root, callbacks=callbacks, verbose=1),
     )
     return SearchSetup(tuner, experiment_path)
 
@@ -389,12 +385,16 @@ def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: 
         # Only a finished search prunes: an unfinished trial resumes from Train's latest
         # checkpoint, which Train refuses to do when a checkpoint it recorded is gone.
         prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
+    # Ray reports checkpoint paths inside their filesystem (``bucket/key`` on S3): give them back
+    # their scheme so the summary's paths open as they are.
+    for row in summary["trials"]:
+        row["checkpoint_path"] = storage.as_uri(row["checkpoint_path"], setup.experiment_path)
     summary["experiment_path"] = setup.experiment_path
     summary["optuna_trials"] = optuna_trials(cfg, setup.experiment_path)
     # summary.json marks a finished search (benchmarks and the registry read it as final); an
     # interrupted one is reported on the console and continued with --resume.
-    if "://" not in setup.experiment_path and not interrupted:
-        Path(setup.experiment_path, SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    if not interrupted:
+        storage.write_text(storage.join(setup.experiment_path, SUMMARY), json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -408,7 +408,7 @@ def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbac
     record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
               "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
               "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
-    fs, path = _fs(f"{train.storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
+    fs, path = storage.filesystem(f"{train.storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
     if resume:
         try:
             with fs.open_input_stream(path) as f:
@@ -459,7 +459,7 @@ def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
     """Leave each trial its best ``keep`` checkpoints by ``by`` (METRIC, or ``round``: the latest). Train keeps the latest one too
     (to resume a run); once the search is over no trial resumes, so that one goes unless it is
     among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
-    fs, root = _fs(runs_path)
+    fs, root = storage.filesystem(runs_path)
     info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     for run_dir in (i.path for i in info if i.type == pafs.FileType.Directory):
         ckpts = [i.path for i in fs.get_file_info(pafs.FileSelector(run_dir))
@@ -497,7 +497,7 @@ def _with_earlier_rounds(df, runs_path: str | None, trial_id: str):
     first = int(df["round"].iloc[0]) if df is not None and not df.empty and "round" in df else None
     if runs_path is None or first == 1:
         return df
-    fs, root = _fs(f"{runs_path}/{trial_id}")
+    fs, root = storage.filesystem(f"{runs_path}/{trial_id}")
     metas: dict[int, tuple[dict, str]] = {}
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):

@@ -10,7 +10,8 @@ Layout of one prepared folder, keyed by the fingerprint of (tokenizer, max_lengt
         teacher-<teacher fp>.npy      float16 [n_train_features, 2, max_length] (start, end)
 
 The temperature is applied at loss time, so nothing here depends on a searched hyperparameter.
-A logits file whose size or sha256 disagrees with the manifest is rebuilt, never used.
+A logits file whose size or sha256 disagrees with the manifest is rebuilt, never used. Which
+``cache_dir`` a study uses, and how its folder reaches other nodes, is :mod:`raykd.study_store`'s.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     tmp = root / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(root / "manifest.json")
+
+
+def prepared_root(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> Path:
+    """The folder :func:`prepare_features` builds (or reuses) for these settings."""
+    return cache_dir / "prepared" / _digest(features_fingerprint(cfg, tokenizer_name, cache_dir))
 
 
 def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> tuple[Prepared, bool]:

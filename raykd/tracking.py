@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from raykd import errors
+from raykd import errors, storage
 from raykd.config import RaykdConfig
 from raykd.errors import UserError
 from raykd.metrics import METRIC
@@ -187,7 +187,9 @@ def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher
         mlflow.log_dict(summary, "summary.json")
         _log_plots(summary, optuna_study)
         if best and best.get("checkpoint_path"):
-            out.update(log_student(best["checkpoint_path"], cfg, teacher, best, study=cfg.search.name))
+            # The checkpoint may live in a bucket (a cloud storage_path): logged from a local copy.
+            with storage.local_copy(best["checkpoint_path"]) as ckpt_dir:
+                out.update(log_student(ckpt_dir, cfg, teacher, best, study=cfg.search.name))
     return out
 
 

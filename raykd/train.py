@@ -27,7 +27,7 @@ import torch
 from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
-from raykd import inference, losses, models, teacher_cache
+from raykd import inference, losses, models, storage, study_store, teacher_cache
 from raykd.config import RaykdConfig
 from raykd.errors import TrialFailed
 from raykd.metrics import METRIC, MODE
@@ -43,21 +43,24 @@ META_FILE = "raykd_metrics.json"
 
 def storage_root(cfg: RaykdConfig) -> str:
     path = cfg.search.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if storage.is_remote(path) else str(Path(path).expanduser().resolve())
+
+
+def study_place(cfg: RaykdConfig) -> study_store.Place:
+    """Where this config's studies are built and, with a cloud storage_path, published."""
+    return study_store.place(cfg.data.cache_dir, storage_root(cfg))
 
 
 def cache_root(cfg: RaykdConfig) -> Path:
-    if cfg.data.cache_dir:
-        return Path(cfg.data.cache_dir).expanduser().resolve()
-    root = storage_root(cfg)
-    if "://" in root:
-        raise ValueError("with a cloud storage_path, set data.cache_dir to a folder every node can read")
-    return Path(root) / "cache"
+    """Where the driver builds studies (the node-local cache when they are published)."""
+    return study_place(cfg).local
 
 
 @dataclass
 class Study:
-    """What every run of a study shares: computed once, handed to all trials."""
+    """What every run of a study shares: computed once, handed to all trials. ``prepared``,
+    ``teacher`` and ``tokenizer`` are what any node can open: a local path, a model name, or a
+    storage URI that :meth:`on_this_node` fetches into the node-local cache."""
 
     prepared: str
     teacher_file: str | None
@@ -69,10 +72,18 @@ class Study:
         the run's training (a search's trials) instead of every ``optim.eval_every_steps``."""
         return {"cfg": cfg.to_dict(), "mode": mode, "eval_rounds": eval_rounds, **self.__dict__}
 
+    def on_this_node(self, items: tuple[str, ...] = study_store.PREPARED_ITEMS) -> Study:
+        """The same study with local paths, fetched once per node when it was published."""
+        return Study(
+            str(study_store.local_prepared(self.prepared, self.teacher_file, items)), self.teacher_file,
+            study_store.local_model(self.teacher), study_store.local_model(self.tokenizer),
+        )
 
-def ensure_teacher(cfg: RaykdConfig) -> str | None:
+
+def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     """The teacher to use: ``models.teacher`` as given, or, when it is unset and
-    ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached on disk."""
+    ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached (a local
+    folder on the driver; published with the study when nodes share no filesystem)."""
     if cfg.models.teacher:
         return cfg.models.teacher
     ft = cfg.models.teacher_finetune
@@ -81,13 +92,18 @@ def ensure_teacher(cfg: RaykdConfig) -> str | None:
     key = teacher_cache._digest(
         {
             "base": teacher_cache.model_identity(ft.base),
-            "data": teacher_cache.features_fingerprint(cfg.data, ft.base, cache_root(cfg)),
+            "data": teacher_cache.features_fingerprint(cfg.data, ft.base, place.local),
             "ft": ft.__dict__,
             "seed": cfg.optim.seed,
         }
     )
-    target = cache_root(cfg) / "teachers" / key
+    target = place.local / "teachers" / key
+    remote = place.shared(str(target))
+    if place.remote and study_store.pull_model(remote, target):
+        print(f"[raykd] teacher fetched from {remote}", flush=True)
     if (target / "config.json").exists():
+        if place.remote and study_store.publish_model(target, remote):
+            print(f"[raykd] teacher published to {remote}", flush=True)
         return str(target)
     print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
     ft_cfg = RaykdConfig.from_dict(
@@ -106,16 +122,19 @@ def ensure_teacher(cfg: RaykdConfig) -> str | None:
     with best.as_directory() as d:
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
     tmp.replace(target)
-    print(f"[raykd] teacher ready: {target} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
+    if place.remote:
+        study_store.publish_model(target, remote)
+    print(f"[raykd] teacher ready: {remote} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
     return str(target)
 
 
 def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | None = None) -> tuple[Study, dict[str, Any]]:
     """Teacher, features and (cached mode) teacher logits; returns the Study and what was done.
     ``need_logits``: prepare the teacher's logits (default: when this config distils from them;
-    a search passes True when any point of its space does)."""
-    cache = cache_root(cfg)
-    teacher = ensure_teacher(cfg) if mode == DISTILL else None
+    a search passes True when any point of its space does). With a cloud storage_path, what was
+    built or reused is published there (once) and the Study names it by URI."""
+    place = study_place(cfg)
+    teacher = ensure_teacher(cfg, place) if mode == DISTILL else None
     if mode == DISTILL and teacher is None:
         raise ValueError("distillation needs models.teacher or models.teacher_finetune.base")
     tokenizer = cfg.models.student
@@ -124,24 +143,45 @@ def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | Non
             cfg.models.student or teacher)
         models.check_tokenizers(models.load_tokenizer(teacher), models.load_tokenizer(student_tok))
         tokenizer = student_tok
-    prepared, built = teacher_cache.prepare_features(cfg.data, tokenizer, cache)
+    remote = None
+    if place.remote:
+        # Whatever an earlier search published is fetched, not rebuilt.
+        root = teacher_cache.prepared_root(cfg.data, tokenizer, place.local)
+        remote = place.shared(str(root))
+        study_store.pull_prepared(remote, root)
+    prepared, built = teacher_cache.prepare_features(cfg.data, tokenizer, place.local)
     info = {"features_built": built, "teacher_logits_computed": False, "prepared": str(prepared.root)}
+    if remote:
+        study_store.publish_prepared(prepared.root, remote)
+        info["published"] = remote
     if need_logits is None:
         need_logits = cfg.distill.alpha_ce > 0
     if mode == DISTILL and cfg.distill.teacher_mode == "cached" and need_logits:
-        prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=_remote_compute())
+        compute = _remote_compute(place.shared(str(prepared.root)), place.shared(teacher))
+        prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=compute)
         info["teacher_logits_computed"] = computed
-    return Study(str(prepared.root), prepared.teacher_file, teacher, tokenizer), info
+        if remote:
+            study_store.publish_prepared(prepared.root, remote)
+    study = Study(place.shared(str(prepared.root)), prepared.teacher_file, place.shared(teacher),
+                  place.shared(tokenizer))
+    return study, info
 
 
-def _remote_compute():
-    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process."""
+def _teacher_logits_task(teacher: str, prepared: str) -> np.ndarray:
+    """On a GPU node: fetch the teacher and the training features there, run the teacher."""
+    local = Study(prepared, None, teacher, teacher).on_this_node(items=("train",))
+    return teacher_cache.compute_teacher_logits(local.teacher, local.prepared, 256, "cuda")
+
+
+def _remote_compute(prepared: str, teacher: str):
+    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process.
+    The task gets the study's shared names (URIs when it is published), not the driver's paths."""
     if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) < 1:
         return None
 
     def compute(teacher_name: str, root: str) -> np.ndarray:
-        task = ray.remote(num_gpus=1)(teacher_cache.compute_teacher_logits)
-        return ray.get(task.remote(teacher_name, root, 256, "cuda"))
+        task = ray.remote(num_gpus=1)(_teacher_logits_task)
+        return ray.get(task.remote(teacher, prepared))
 
     return compute
 
@@ -230,8 +270,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     cached = distilling and dist.teacher_mode == "cached" and dist.alpha_ce > 0
     online = distilling and not cached and (dist.alpha_ce > 0 or dist.alpha_cos > 0)
 
-    prepared = teacher_cache.Prepared(Path(loop["prepared"]), loop.get("teacher_file"))
-    tokenizer = models.load_tokenizer(loop["tokenizer"])
+    study = Study(loop["prepared"], loop.get("teacher_file"), loop.get("teacher"), loop["tokenizer"]).on_this_node()
+    prepared = teacher_cache.Prepared(Path(study.prepared), study.teacher_file)
+    tokenizer = models.load_tokenizer(study.tokenizer)
     checkpoint = ray.train.get_checkpoint()
     state = None
     if checkpoint:
@@ -241,13 +282,13 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=False)
     else:
         student = models.build_student(cfg.models.student, cfg.models.init_from_teacher_layers,
-                                       cfg.models.init_from or loop.get("teacher"))
+                                       cfg.models.init_from or study.teacher)
     names = models.accepted_inputs(student)
     model = ray.train.torch.prepare_model(student)
     teacher = None
     if online:
         # Online mode only: in cached mode no trial ever constructs the teacher.
-        teacher = models.load_teacher(loop["teacher"]).to(device)
+        teacher = models.load_teacher(study.teacher).to(device)
         teacher_names = models.accepted_inputs(teacher)
 
     # All three inputs: an online BERT teacher needs token_type_ids even when the student does not.
