@@ -186,10 +186,7 @@ def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
     """How many trials fit at once: every worker's resources, plus each driver's CPU sliver."""
     if cfg.search.max_concurrent_trials:
         return cfg.search.max_concurrent_trials
-    sc = cfg.scaling
-    need = {"CPU": sc.num_workers * sc.cpus_per_worker, **{k: v * sc.num_workers for k, v in sc.resources_per_worker.items()}}
-    if sc.use_gpu:
-        need["GPU"] = float(sc.num_workers)
+    need = {k: v * cfg.scaling.num_workers for k, v in train.worker_resources(cfg).items()}
     fits = []
     for key, amount in need.items():
         have = resources.get(key, 0.0)

@@ -28,7 +28,8 @@ from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
 from raykd import inference, losses, models, teacher_cache
-from raykd.config import RaykdConfig
+from raykd.config import RaykdConfig, cache_root, run_name, storage_root
+from raykd.errors import UserError
 from raykd.metrics import METRIC, MODE
 
 FINETUNE, DISTILL = "finetune", "distill"
@@ -38,20 +39,6 @@ META_FILE = "raykd_metrics.json"
 
 # ---------------------------------------------------------------------------------------------
 # Paths and study preparation (driver side)
-
-
-def storage_root(cfg: RaykdConfig) -> str:
-    path = cfg.search.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
-def cache_root(cfg: RaykdConfig) -> Path:
-    if cfg.data.cache_dir:
-        return Path(cfg.data.cache_dir).expanduser().resolve()
-    root = storage_root(cfg)
-    if "://" in root:
-        raise ValueError("with a cloud storage_path, set data.cache_dir to a folder every node can read")
-    return Path(root) / "cache"
 
 
 @dataclass
@@ -394,9 +381,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """``keep_by``: the reported metric that ranks checkpoints (``round`` keeps the latest)."""
     sc = cfg.scaling
-    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
-    if sc.use_gpu:
-        resources["GPU"] = 1
+    resources = worker_resources(cfg)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -417,6 +402,60 @@ def build_trainer(
     )
 
 
+def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
+    """What one training worker asks Ray for."""
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
+def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool]:
+    """(the most of each resource the cluster can ever have, what each node or node type has,
+    whether it autoscales). An autoscaling cluster publishes its node types' maximum counts (what
+    Ray Train itself reads to refuse a worker group that can never start); a fixed one has what it
+    has now."""
+    now = ray.cluster_resources()
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+        config = state.get_cluster_config()
+        groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
+    except Exception:  # noqa: BLE001 -- a private API: without it, judge by what the cluster has now
+        most, groups = {}, []
+    keys = set(now) | set(most)
+    return {k: max(float(now.get(k, 0)), float(most.get(k, 0))) for k in keys}, nodes + groups, bool(most)
+
+
+def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
+    """Refuse a run whose workers the cluster can never hold, instead of waiting for them
+    forever: GPUs on a cluster without any, more CPUs (or custom resources) per trial than the
+    cluster has in all, or a worker bigger than every node. ``driver_cpu``: what a search's trial
+    driver takes on top of its workers."""
+    sc = cfg.scaling
+    per_worker = worker_resources(cfg)
+    capacity, nodes, autoscales = _cluster_capacity()
+    where = f"{cfg.source}: " if cfg.source else ""
+    have = ", ".join(f"{k} {v:g}" for k, v in sorted(capacity.items()) if k in ("CPU", "GPU") or k in per_worker)
+    cluster = f"the Ray cluster{' (autoscaling, at its largest)' if autoscales else ''} has {have or 'nothing'}"
+    if sc.use_gpu and capacity.get("GPU", 0) < 1:
+        raise UserError(f"{where}scaling.use_gpu: true, but {cluster}: no GPU; set scaling.use_gpu: false or "
+                        "run on a cluster with GPUs (--address)")
+    for key, amount in per_worker.items():
+        need = amount * sc.num_workers + (driver_cpu if key == "CPU" else 0.0)
+        if need > capacity.get(key, 0.0) + 1e-9:
+            fix = ("lower scaling.num_workers or scaling.cpus_per_worker" if key == "CPU" else
+                   "lower scaling.num_workers" if key == "GPU" else f"drop scaling.resources_per_worker.{key}")
+            raise UserError(f"{where}scaling: a trial needs {key} {need:g} ({sc.num_workers} worker(s) x {amount:g}"
+                            f"{' + the trial driver' if key == 'CPU' and driver_cpu else ''}), but {cluster}; {fix}")
+    if nodes and not any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in per_worker.items()) for n in nodes):
+        raise UserError(f"{where}scaling: one worker needs {per_worker}, more than any node of the Ray cluster "
+                        "has; lower scaling.cpus_per_worker or scaling.resources_per_worker")
+
+
 def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded single-node Ray."""
     if ray.is_initialized():
@@ -432,7 +471,7 @@ def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | Non
     """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
     if study is None:
         study, _ = prepare_study(cfg, mode)
-    name = name or f"{cfg.search.name}-{mode}"
+    name = name or run_name(cfg, mode)
     trainer = build_trainer(cfg, study.loop_config(cfg, mode), name)
     return trainer.fit()
 
