@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +30,33 @@ class LoadedSplit:
     skipped: int  # records whose answer text does not match the context at answer_start
 
 
+def temp_name(path: Path) -> Path:
+    """A sibling of ``path`` to write before renaming it onto ``path``: hidden, and unique to this
+    host and process, so that concurrent writers (trials, nodes sharing a cache) never write the
+    same temporary and a reader never sees half a file."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _synthetic_split(path: Path, n_questions: int, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = temp_name(path)
+        tmp.write_text(json.dumps(synthetic.generate(n_questions, seed)))
+        tmp.replace(path)
+    return path
+
+
 def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None]:
     """Local train/validation files, generating the synthetic set on first use."""
     if cfg.synthetic:
         root = cache_dir / "synthetic"
-        train = synthetic.write_split(
+        train = _synthetic_split(
             root / f"train-{cfg.synthetic_train_size}-{cfg.synthetic_seed}.json",
             cfg.synthetic_train_size,
             cfg.synthetic_seed,
         )
         # A different seed: evaluation paragraphs describe people never seen in training.
-        valid = synthetic.write_split(
+        valid = _synthetic_split(
             root / f"dev-{cfg.synthetic_eval_size}-{cfg.synthetic_seed + 1000}.json",
             cfg.synthetic_eval_size,
             cfg.synthetic_seed + 1000,

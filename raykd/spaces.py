@@ -305,3 +305,15 @@ def _check_alphas_not_all_zero(base: config_mod.RaykdConfig, params: list[Param]
         searched = [k for k in ALPHAS if k in by_key] or list(ALPHAS)
         raise _err(base.source, searched[0], "a trial can draw every alpha (alpha_ce, alpha_squad, alpha_cos) as 0, "
                    "a zero loss; remove 0 from one of them")
+
+
+def may_use_teacher_logits(base: config_mod.RaykdConfig, params: list[Param]) -> bool:
+    """True when some point of the space distils from cached teacher logits (alpha_ce > 0 in
+    cached mode): then the study prepares them, even when the base config's alpha_ce is 0."""
+    alpha = any(float(v) > 0 for v in values_of(params, base, "distill.alpha_ce"))
+    cached = "cached" in values_of(params, base, "distill.teacher_mode")
+    return alpha and cached
+
+
+def largest(params: list[Param], base: config_mod.RaykdConfig, key: str) -> float:
+    return max(float(v) for v in values_of(params, base, key))

@@ -27,6 +27,7 @@ import torch
 from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
+from raykd import data as data_mod
 from raykd import inference, losses, models, teacher_cache
 from raykd.config import RaykdConfig, cache_root, run_name, storage_root
 from raykd.errors import UserError
@@ -87,11 +88,17 @@ def ensure_teacher(cfg: RaykdConfig) -> str | None:
     )
     result = fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
     best = best_checkpoint(result)
-    tmp = target.with_name(target.name + ".tmp")
+    # Copied under a temporary name and renamed: a teacher folder is whole or absent.
+    tmp = data_mod.temp_name(target)
     shutil.rmtree(tmp, ignore_errors=True)
     with best.as_directory() as d:
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
-    tmp.replace(target)
+    try:
+        tmp.replace(target)
+    except OSError:
+        if not (target / "config.json").exists():  # not another process's complete copy
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"[raykd] teacher ready: {target} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
     return str(target)
 
