@@ -22,6 +22,9 @@ import yaml
 
 from raykd.errors import UserError
 
+# What a single run does: distil from a teacher, or fine-tune without one.
+FINETUNE, DISTILL = "finetune", "distill"
+
 
 class ConfigError(UserError):
     """A bad setting; the message names the file (when there is one) and the dotted key."""
@@ -519,6 +522,10 @@ def read_yaml(path: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        opened = getattr(exc, "context_mark", None)
+        if getattr(exc, "context", None) and opened and opened is not mark:
+            # An unclosed bracket or quote is reported where the file ends; say where it opened.
+            problem += f" ({exc.context} at line {opened.line + 1}, column {opened.column + 1})"
         raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
     if raw is None:
         raise ConfigError(f"{path}: the config file is empty (no settings); copy search_spaces/quickstart.yaml and edit it")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd import preflight
-from raykd.config import RaykdConfig, experiment_path, with_values
+from raykd.config import DISTILL, RaykdConfig, experiment_path, with_values
 from raykd.metrics import METRIC
 
 # The order of every command: config and space checks (on load), preflight (files, models,
@@ -45,10 +45,10 @@ def _start(cfg: RaykdConfig, mode: str | None, address: str | None, overwrite: b
 def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking_uri: str | None = None,
                tracking: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
-    from raykd import train
-
     preflight.check(cfg, mode, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)
+    from raykd import train  # ray, torch: after the checks, which then answer in a second
+
     _start(cfg, mode, address, overwrite)
     if tracker:
         tracker.connect(cfg, tracking_uri)
@@ -76,9 +76,9 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
 
 
 def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
+    preflight.check(cfg, DISTILL, experiment=False)
     from raykd import train
 
-    preflight.check(cfg, train.DISTILL, experiment=False)
     train.init_ray(address)
     train.check_resources(cfg)  # a teacher fine-tuned first runs on the scaling section's workers
     study, info = train.prepare_study(cfg, train.DISTILL)
@@ -88,9 +88,9 @@ def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
 def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride: int = 128,
                    batch_size: int = 64) -> dict[str, Any]:
     """EM/F1 of a saved model on a SQuAD v1.1 JSON file (no Ray needed)."""
+    preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
     from raykd import data, inference, models
 
-    preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
     tok = models.load_tokenizer(model)
     qa = models.load_qa_model(model)
     loaded = data.read_squad_json(data_file)
@@ -103,8 +103,7 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
 def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
            tracking_uri: str | None = None, tracking: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
-    from raykd import search as search_mod
-    from raykd import spaces, teacher_cache, train
+    from raykd import spaces
 
     # Everything a trial could refuse is refused here, before Ray starts.
     params = spaces.parse(cfg.space, cfg.source)
@@ -114,8 +113,11 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     spaces.check_corners(cfg, params)
     for point in cfg.search.points_to_evaluate:
         spaces.check_point(point, params, cfg.source, cfg)
-    preflight.check(cfg, train.DISTILL, params, search=True, resume=resume, overwrite=overwrite)
+    preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
+    from raykd import search as search_mod  # ray, optuna, torch: after the checks
+    from raykd import teacher_cache, train
+
     _start(cfg, None, address, overwrite, driver_cpu=search_mod.DRIVER_CPU)
     if tracker:
         tracker.connect(cfg, tracking_uri)

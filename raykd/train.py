@@ -29,11 +29,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from raykd import data as data_mod
 from raykd import inference, losses, models, teacher_cache
-from raykd.config import RaykdConfig, cache_root, run_name, storage_root
+from raykd.config import DISTILL, FINETUNE, RaykdConfig, cache_root, run_name, storage_root
 from raykd.errors import UserError
 from raykd.metrics import METRIC, MODE
 
-FINETUNE, DISTILL = "finetune", "distill"
 STATE_FILE = "raykd_train_state.pt"
 META_FILE = "raykd_metrics.json"
 
