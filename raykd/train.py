@@ -369,6 +369,11 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
     # Every checkpoint carries the run's metric history, so the driver can log all rounds from
     # the latest checkpoint alone (Train V2 results hold only the last report).
     history.append(metrics)
+    # Data safety: the checkpoint is written whole into a private temporary folder (every file
+    # closed, the metrics file last) before ray.train.report, which copies it into storage under
+    # Train's own name and registers it only once copied; a copy cut short is never a checkpoint
+    # Train resumes from. Train deletes checkpoints beyond keep_checkpoints as each one registers
+    # (tests/test_train_integration.py: at most keep + the latest + the one being copied).
     with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
         models.save_pretrained(model, tokenizer, d)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
