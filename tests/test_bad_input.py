@@ -4,7 +4,7 @@ and nothing left behind (no experiment folder, no MLflow store or run, no cache)
 directory, which also holds the storage path. ``--debug`` adds the traceback.
 
 Almost every case is refused before Ray starts; the two that need the cluster's resources
-(a GPU, CPUs) start a local Ray and are refused right after it connects.
+(a GPU, CPUs) start a local Ray and are refused right after it connects (marked integration).
 """
 
 from __future__ import annotations
@@ -293,7 +293,8 @@ class Result:
     ray_started: bool
 
 
-@pytest.mark.parametrize("case", CATALOGUE, ids=[c.id for c in CATALOGUE])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.ray else [])
+                                  for c in CATALOGUE])
 def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_path):
     r = _run(case, world, tmp_path)
     lines = [x for x in r.err.splitlines() if x.strip()]
