@@ -31,6 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raykd import spaces, train
 from raykd.config import RaykdConfig, with_values
+from raykd.errors import UserError
 from raykd.metrics import METRIC, MODE
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
@@ -296,7 +297,8 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
     )
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
-            raise FileNotFoundError(f"--resume: no experiment to resume at {experiment_path}")
+            raise UserError(f"--resume: {experiment_path} holds no Tune experiment to resume; "
+                            "drop --resume and pass --overwrite to start afresh")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
         return SearchSetup(tuner, experiment_path)

@@ -422,21 +422,33 @@ def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
     return resources
 
 
-def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool]:
+def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool] | None:
     """(the most of each resource the cluster can ever have, what each node or node type has,
-    whether it autoscales). An autoscaling cluster publishes its node types' maximum counts (what
-    Ray Train itself reads to refuse a worker group that can never start); a fixed one has what it
-    has now."""
+    whether it autoscales), or None when that cannot be known. An autoscaler that publishes its
+    node types (what Ray Train itself reads to refuse a worker group that can never start) is
+    judged at its largest; an autoscaler that does not (the v1 monitor) may add anything, so
+    None; a fixed cluster has what it has now."""
     now = ray.cluster_resources()
     nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    # Private APIs: without them, judge by what the cluster has now.
     try:
         from ray._private.state import state
 
         most = state.get_max_resources_from_cluster_config() or {}
         config = state.get_cluster_config()
         groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
-    except Exception:  # noqa: BLE001 -- a private API: without it, judge by what the cluster has now
+    except Exception:  # noqa: BLE001
         most, groups = {}, []
+    if not most:
+        try:
+            from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+            from ray.experimental.internal_kv import _internal_kv_get
+
+            status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
+            if status and "autoscaler_update_time" in json.loads(status):
+                return None
+        except Exception:  # noqa: BLE001, S110
+            pass
     keys = set(now) | set(most)
     return {k: max(float(now.get(k, 0)), float(most.get(k, 0))) for k in keys}, nodes + groups, bool(most)
 
@@ -448,7 +460,12 @@ def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
     driver takes on top of its workers."""
     sc = cfg.scaling
     per_worker = worker_resources(cfg)
-    capacity, nodes, autoscales = _cluster_capacity()
+    known = _cluster_capacity()
+    if known is None:
+        print("[raykd] the cluster autoscales without publishing its largest size: resources are not checked "
+              "up front", flush=True)
+        return
+    capacity, nodes, autoscales = known
     where = f"{cfg.source}: " if cfg.source else ""
     have = ", ".join(f"{k} {v:g}" for k, v in sorted(capacity.items()) if k in ("CPU", "GPU") or k in per_worker)
     cluster = f"the Ray cluster{' (autoscaling, at its largest)' if autoscales else ''} has {have or 'nothing'}"
