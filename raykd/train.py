@@ -442,10 +442,14 @@ def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool]
     if not most:
         try:
             from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+            from ray.autoscaler._private.util import format_readonly_node_type
             from ray.experimental.internal_kv import _internal_kv_get
 
-            status = _internal_kv_get(DEBUG_AUTOSCALING_STATUS)
-            if status and "autoscaler_update_time" in json.loads(status):
+            # A fixed cluster runs a read-only autoscaler too; its node types are named after
+            # the nodes. A real one (ray up) names them after the config's node types.
+            report = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}").get("autoscaler_report") or {}
+            mapping = report.get("node_type_mapping") or {}
+            if any(kind != format_readonly_node_type(node) for node, kind in mapping.items()):
                 return None
         except Exception:  # noqa: BLE001, S110
             pass
