@@ -1,6 +1,9 @@
 """Teacher and student models: loading by hub name, local directory or ``pkg:`` path; the frozen
 teacher; DistilBERT-style student initialisation from selected teacher layers; the tokenizer
 compatibility check; and the model-specific subset of inputs each forward accepts.
+
+torch and transformers are imported where they are used, so that the checks run before Ray
+starts (:mod:`raykd.preflight`) can use this module without paying for them.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import inspect
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
+from typing import TYPE_CHECKING, Any
 
 from raykd.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 
 class ModelError(UserError):
@@ -39,10 +43,14 @@ def resolve(name: str) -> str:
 
 
 def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(resolve(name))
 
 
 def load_qa_model(name: str) -> PreTrainedModel:
+    from transformers import AutoModelForQuestionAnswering
+
     return AutoModelForQuestionAnswering.from_pretrained(resolve(name))
 
 
@@ -83,6 +91,8 @@ def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTr
     """A student with ``source``'s architecture, its embeddings and the encoder layers ``layers``
     (DistilBERT's "one layer out of two"). The QA head is left freshly initialised: the student
     learns the task from the teacher and the gold spans, as in the paper's second step."""
+    from transformers import AutoModelForQuestionAnswering
+
     key = _layer_count_key(source.config)
     n_src = getattr(source.config, key)
     bad = [i for i in layers if not 0 <= i < n_src]

@@ -211,10 +211,7 @@ def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
     """How many trials fit at once: every worker's resources, plus each driver's CPU sliver."""
     if cfg.search.max_concurrent_trials:
         return cfg.search.max_concurrent_trials
-    sc = cfg.scaling
-    need = {"CPU": sc.num_workers * sc.cpus_per_worker, **{k: v * sc.num_workers for k, v in sc.resources_per_worker.items()}}
-    if sc.use_gpu:
-        need["GPU"] = float(sc.num_workers)
+    need = {k: v * cfg.scaling.num_workers for k, v in train.worker_resources(cfg).items()}
     fits = []
     for key, amount in need.items():
         have = resources.get(key, 0.0)
@@ -329,7 +326,8 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
     )
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
-            raise FileNotFoundError(f"--resume: no experiment to resume at {experiment_path}")
+            raise UserError(f"--resume: {experiment_path} holds no Tune experiment to resume; "
+                            "drop --resume and pass --overwrite to start afresh")
         # A failed trial stays failed (its reason is recorded; a NaN loss would fail again): resume
         # continues only the trials the interruption left unfinished.
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,

@@ -27,12 +27,12 @@ import torch
 from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
+from raykd import data as data_mod
 from raykd import inference, losses, models, storage, study_store, teacher_cache
-from raykd.config import RaykdConfig
-from raykd.errors import TrialFailed
+from raykd.config import DISTILL, FINETUNE, RaykdConfig, run_name
+from raykd.errors import TrialFailed, UserError
 from raykd.metrics import METRIC, MODE
 
-FINETUNE, DISTILL = "finetune", "distill"
 STATE_FILE = "raykd_train_state.pt"
 META_FILE = "raykd_metrics.json"
 
@@ -117,11 +117,17 @@ def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     )
     result = fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
     best = best_checkpoint(result)
-    tmp = target.with_name(target.name + ".tmp")
+    # Copied under a temporary name and renamed: a teacher folder is whole or absent.
+    tmp = data_mod.temp_name(target)
     shutil.rmtree(tmp, ignore_errors=True)
     with best.as_directory() as d:
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
-    tmp.replace(target)
+    try:
+        tmp.replace(target)
+    except OSError:
+        if not (target / "config.json").exists():  # not another process's complete copy
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     if place.remote:
         study_store.publish_model(target, remote)
     print(f"[raykd] teacher ready: {remote} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
@@ -427,6 +433,11 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
     # Every checkpoint carries the run's metric history, so the driver can log all rounds from
     # the latest checkpoint alone (Train V2 results hold only the last report).
     history.append(metrics)
+    # Data safety: the checkpoint is written whole into a private temporary folder (every file
+    # closed, the metrics file last) before ray.train.report, which copies it into storage under
+    # Train's own name and registers it only once copied; a copy cut short is never a checkpoint
+    # Train resumes from. Train deletes checkpoints beyond keep_checkpoints as each one registers
+    # (tests/test_train_integration.py: at most keep + the latest + the one being copied).
     with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
         models.save_pretrained(model, tokenizer, d)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -445,9 +456,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """``keep_by``: the reported metric that ranks checkpoints (``round`` keeps the latest)."""
     sc = cfg.scaling
-    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
-    if sc.use_gpu:
-        resources["GPU"] = 1
+    resources = worker_resources(cfg)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -468,6 +477,81 @@ def build_trainer(
     )
 
 
+def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
+    """What one training worker asks Ray for."""
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
+def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool] | None:
+    """(the most of each resource the cluster can ever have, what each node or node type has,
+    whether it autoscales), or None when that cannot be known. An autoscaler that publishes its
+    node types (what Ray Train itself reads to refuse a worker group that can never start) is
+    judged at its largest; an autoscaler that does not (the v1 monitor) may add anything, so
+    None; a fixed cluster has what it has now."""
+    now = ray.cluster_resources()
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    # Private APIs: without them, judge by what the cluster has now.
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+        config = state.get_cluster_config()
+        groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
+    except Exception:  # noqa: BLE001
+        most, groups = {}, []
+    if not most:
+        try:
+            from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+            from ray.autoscaler._private.util import format_readonly_node_type
+            from ray.experimental.internal_kv import _internal_kv_get
+
+            # A fixed cluster runs a read-only autoscaler too; its node types are named after
+            # the nodes. A real one (ray up) names them after the config's node types.
+            report = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}").get("autoscaler_report") or {}
+            mapping = report.get("node_type_mapping") or {}
+            if any(kind != format_readonly_node_type(node) for node, kind in mapping.items()):
+                return None
+        except Exception:  # noqa: BLE001, S110
+            pass
+    keys = set(now) | set(most)
+    return {k: max(float(now.get(k, 0)), float(most.get(k, 0))) for k in keys}, nodes + groups, bool(most)
+
+
+def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
+    """Refuse a run whose workers the cluster can never hold, instead of waiting for them
+    forever: GPUs on a cluster without any, more CPUs (or custom resources) per trial than the
+    cluster has in all, or a worker bigger than every node. ``driver_cpu``: what a search's trial
+    driver takes on top of its workers."""
+    sc = cfg.scaling
+    per_worker = worker_resources(cfg)
+    known = _cluster_capacity()
+    if known is None:
+        print("[raykd] the cluster autoscales without publishing its largest size: resources are not checked "
+              "up front", flush=True)
+        return
+    capacity, nodes, autoscales = known
+    where = f"{cfg.source}: " if cfg.source else ""
+    have = ", ".join(f"{k} {v:g}" for k, v in sorted(capacity.items()) if k in ("CPU", "GPU") or k in per_worker)
+    cluster = f"the Ray cluster{' (autoscaling, at its largest)' if autoscales else ''} has {have or 'nothing'}"
+    if sc.use_gpu and capacity.get("GPU", 0) < 1:
+        raise UserError(f"{where}scaling.use_gpu: true, but {cluster}: no GPU; set scaling.use_gpu: false or "
+                        "run on a cluster with GPUs (--address)")
+    for key, amount in per_worker.items():
+        need = amount * sc.num_workers + (driver_cpu if key == "CPU" else 0.0)
+        if need > capacity.get(key, 0.0) + 1e-9:
+            fix = ("lower scaling.num_workers or scaling.cpus_per_worker" if key == "CPU" else
+                   "lower scaling.num_workers" if key == "GPU" else f"drop scaling.resources_per_worker.{key}")
+            raise UserError(f"{where}scaling: a trial needs {key} {need:g} ({sc.num_workers} worker(s) x {amount:g}"
+                            f"{' + the trial driver' if key == 'CPU' and driver_cpu else ''}), but {cluster}; {fix}")
+    if nodes and not any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in per_worker.items()) for n in nodes):
+        raise UserError(f"{where}scaling: one worker needs {per_worker}, more than any node of the Ray cluster "
+                        "has; lower scaling.cpus_per_worker or scaling.resources_per_worker")
+
+
 def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded single-node Ray."""
     if ray.is_initialized():
@@ -483,7 +567,7 @@ def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | Non
     """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
     if study is None:
         study, _ = prepare_study(cfg, mode)
-    name = name or f"{cfg.search.name}-{mode}"
+    name = name or run_name(cfg, mode)
     trainer = build_trainer(cfg, study.loop_config(cfg, mode), name)
     return trainer.fit()
 
