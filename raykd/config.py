@@ -370,8 +370,6 @@ def validate(cfg: RaykdConfig) -> None:
         (s.name != CACHE_DIR_NAME or bool(d.cache_dir), "search.name",
          f"{CACHE_DIR_NAME!r} is the folder of prepared data in search.storage_path; choose another name"),
         (bool(s.storage_path), "search.storage_path", "must not be empty"),
-        ("://" not in s.storage_path or bool(d.cache_dir), "data.cache_dir",
-         "with a cloud search.storage_path, set data.cache_dir to a folder every node can read"),
         (s.num_samples > 0, "search.num_samples", "must be > 0"),
         (s.max_concurrent_trials is None or s.max_concurrent_trials > 0, "search.max_concurrent_trials",
          "must be > 0 (or null: derived from the cluster)"),
