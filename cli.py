@@ -1,5 +1,6 @@
 """raykd command line (also installed as the ``raykd`` console script). Thin: parse arguments,
-call raykd functions, print results. Bad input exits with status 2 and a one-line message."""
+call raykd functions, print results. Bad input exits with status 2 and a one-line message
+(``--debug``: with its traceback)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import json
 import shlex
 import sys
+import traceback
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -21,6 +23,17 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="show Ray's and the libraries' full output (always kept in <experiment>/logs/<command>.log)")
 
 
+def _common_args(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # Accepted before or after the command; SUPPRESS keeps a subcommand from resetting the top's.
+    p.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                   help="on bad input, also print the traceback")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing experiment folder of the same search.name")
+
+
 def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
@@ -32,19 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raykd",
         description="Distributed hyperparameter search for task-specific knowledge distillation (SQuAD).",
     )
+    _common_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="one distillation run (teacher -> student) on Ray Train")
     _config_args(p)
     _tracking_args(p)
+    _overwrite_arg(p)
+    _common_args(p)
 
     p = sub.add_parser("finetune", help="fine-tune models.student on SQuAD without a teacher "
                                         "(makes a teacher; the no-distillation baseline)")
     _config_args(p)
     _tracking_args(p)
+    _overwrite_arg(p)
+    _common_args(p)
 
     p = sub.add_parser("prepare", help="tokenize the data and cache the teacher's logits once")
     _config_args(p)
+    _common_args(p)
 
     p = sub.add_parser("evaluate", help="SQuAD v1.1 EM/F1 of a saved model on a SQuAD-format file")
     p.add_argument("--model", required=True, help="model folder (save_pretrained format) or hub name")
@@ -58,27 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write {question_id: answer} as the official SQuAD v1.1 evaluate-v1.1.py reads it")
     p.add_argument("--nbest", metavar="FILE", default=None,
                    help="write each question's n-best answers with scores and probabilities")
+    _common_args(p)
 
     p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA over the distillation trainer")
     _config_args(p)
     _tracking_args(p)
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted experiment search.name in search.storage_path")
+    _overwrite_arg(p)
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
+    _common_args(p)
     return parser
 
 
 def _load(args):
     from raykd.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    if getattr(args, "num_samples", None):
-        cfg.search.num_samples = args.num_samples
+    overrides = list(args.overrides)
+    if getattr(args, "num_samples", None) is not None:
+        overrides.append(f"search.num_samples={args.num_samples}")  # validated like any setting
+    cfg = load_config(args.config, overrides)
     # Before Ray and the libraries are imported: their loggers bind to the streams it installs.
     from raykd import console
+    from raykd.config import run_name
 
-    folder = cfg.search.name + ({"train": "-distill", "finetune": "-finetune"}.get(args.command, ""))
-    console.install(console.log_path(cfg.search.storage_path, folder, args.command), verbose=args.verbose)
+    if args.command == "prepare":  # no experiment folder (one would stop a later search's preflight)
+        relative = f"logs/{cfg.search.name}-prepare.log"
+    else:
+        mode = {"train": "distill", "finetune": "finetune"}.get(args.command)
+        relative = f"{run_name(cfg, mode)}/logs/{args.command}.log"
+    console.install(console.log_path(cfg.search.storage_path, relative), verbose=args.verbose)
     return cfg
 
 
@@ -87,7 +115,7 @@ def cmd_run(args, mode: str) -> int:
 
     cfg = _load(args)
     summary = run.single_run(cfg, mode, address=args.address, tracking_uri=args.tracking_uri,
-                             tracking=not args.no_tracking)
+                             tracking=not args.no_tracking, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -114,9 +142,9 @@ def cmd_search(args) -> int:
 
     cfg = _load(args)
     summary = run.search(cfg, address=args.address, resume=args.resume, tracking_uri=args.tracking_uri,
-                         tracking=not args.no_tracking)
+                         tracking=not args.no_tracking, overwrite=args.overwrite)
     if summary.get("interrupted"):
-        again = [a for a in args.argv if a != "--resume"]
+        again = [a for a in args.argv if a not in ("--resume", "--overwrite")]
         print("resume with: python cli.py " + " ".join(shlex.quote(a) for a in again + ["--resume"]), flush=True)
         return 130  # 128 + SIGINT, as a shell reports an interrupted command
     return 0
@@ -132,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, "distill" if args.command == "train" else "finetune")
         return {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "search": cmd_search}[args.command](args)
     except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"raykd: error: {exc}", file=sys.stderr)
         return 2
 

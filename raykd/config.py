@@ -9,6 +9,9 @@ the file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,9 @@ from typing import Any, Literal
 import yaml
 
 from raykd.errors import UserError
+
+# What a single run does: distil from a teacher, or fine-tune without one.
+FINETUNE, DISTILL = "finetune", "distill"
 
 
 class ConfigError(UserError):
@@ -42,8 +48,10 @@ class DataConfig:
     max_eval_samples: int | None = None
     n_best: int = 20
     max_answer_length: int = 30
-    # Where prepared features, teacher logits and fine-tuned teachers are stored. None: under the
-    # experiment's storage_path, so every node of a cluster can read it when storage is shared.
+    # Where prepared features, teacher logits and fine-tuned teachers are stored, for a folder every
+    # node sees (a shared mount). None: <storage_path>/cache for a local storage_path; with a cloud
+    # storage_path, built in the driver's node-local cache, published once to <storage_path>/cache
+    # and fetched once per node (see raykd.study_store).
     cache_dir: str | None = None
 
 
@@ -236,6 +244,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str | None) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{_where(source, key)}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{_where(source, key)}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -255,8 +265,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str | None) -> A
     for key, value in raw.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in names or key == "source":
-            known = ", ".join(sorted(n for n in names if n != "source"))
-            raise ConfigError(f"{_where(source, dotted)}: unknown key (known: {known})")
+            raise ConfigError(f"{_where(source, dotted)}: unknown key; {suggest(dotted)}")
         if key == "space":
             if not isinstance(value, dict):
                 raise ConfigError(f"{_where(source, dotted)}: expected a mapping")
@@ -266,29 +275,110 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str | None) -> A
     return cls(**kwargs)
 
 
+def all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted setting (``optim.learning_rate``, ...), sections included."""
+    cls = cls or RaykdConfig
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        dotted = f"{prefix}{f.name}"
+        out.append(dotted)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += all_keys(hints[f.name], dotted + ".")
+    return out
+
+
+# Names users bring from other trainers.
+_ALIASES = {"lr": "learning_rate", "epochs": "num_epochs", "temp": "temperature", "t": "temperature",
+            "workers": "num_workers", "gpu": "use_gpu", "bs": "batch_size", "seq_len": "max_length",
+            "stride": "doc_stride", "samples": "num_samples"}
+
+
+def suggest(dotted: str) -> str:
+    """What the user probably meant by an unknown dotted key: the same name in another section,
+    else the closest name in its section (difflib), else that section's keys."""
+    keys = all_keys()
+    section, _, leaf = dotted.rpartition(".")
+    prefix = section + "." if section else ""
+    siblings = [k[len(prefix):] for k in keys if k.startswith(prefix) and "." not in k[len(prefix):]]
+    leaf = _ALIASES.get(leaf.lower(), leaf)
+    if leaf in siblings:
+        return f"did you mean {prefix}{leaf}?"
+    elsewhere = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    if elsewhere:
+        return f"did you mean {elsewhere[0]}?"
+    near = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if near:
+        return f"did you mean {prefix}{near[0]}?"
+    near = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.75)
+    if near:
+        return f"did you mean {near[0]}?"
+    if siblings:
+        return f"known{' in ' + section if section else ''}: " + ", ".join(siblings)
+    return "see raykd/config.py for the known settings"
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+CACHE_DIR_NAME = "cache"  # <storage_path>/cache holds prepared data unless data.cache_dir says otherwise
+
+
 def validate(cfg: RaykdConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     src = cfg.source
-    d, o, k = cfg.data, cfg.optim, cfg.distill
+    d, o, k, sc, s = cfg.data, cfg.optim, cfg.distill, cfg.scaling, cfg.search
+    ft = cfg.models.teacher_finetune
+    layers = cfg.models.init_from_teacher_layers
     checks = [
         (d.max_length > 0, "data.max_length", "must be > 0"),
-        (0 < d.doc_stride < d.max_length, "data.doc_stride", "must be in (0, max_length)"),
+        (0 < d.doc_stride < d.max_length, "data.doc_stride", f"must be in (0, max_length={d.max_length})"),
+        (d.synthetic_train_size > 0, "data.synthetic_train_size", "must be > 0"),
+        (d.synthetic_eval_size > 0, "data.synthetic_eval_size", "must be > 0"),
+        (d.max_train_samples is None or d.max_train_samples > 0, "data.max_train_samples", "must be > 0 (or null: all)"),
+        (d.max_eval_samples is None or d.max_eval_samples > 0, "data.max_eval_samples", "must be > 0 (or null: all)"),
+        (d.n_best > 0, "data.n_best", "must be > 0"),
+        (d.max_answer_length > 0, "data.max_answer_length", "must be > 0"),
+        (not layers or min(layers) >= 0, "models.init_from_teacher_layers", "layer indices start at 0"),
+        (layers is None or len(layers) > 0, "models.init_from_teacher_layers",
+         "must list at least one layer (or be null: no layer copy)"),
+        (ft.learning_rate > 0, "models.teacher_finetune.learning_rate", "must be > 0"),
+        (ft.num_epochs > 0, "models.teacher_finetune.num_epochs", "must be > 0"),
+        (ft.batch_size > 0, "models.teacher_finetune.batch_size", "must be > 0"),
         (k.temperature > 0, "distill.temperature", "must be > 0"),
         (0 <= k.alpha_ce <= 1, "distill.alpha_ce", "must be in [0, 1]"),
         (0 <= k.alpha_squad <= 1, "distill.alpha_squad", "must be in [0, 1]"),
         (k.alpha_cos >= 0, "distill.alpha_cos", "must be >= 0"),
+        (k.alpha_ce + k.alpha_squad + k.alpha_cos > 0, "distill",
+         "alpha_ce, alpha_squad and alpha_cos are all 0: the loss is 0 and nothing is learnt"),
         (o.learning_rate > 0, "optim.learning_rate", "must be > 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
         (o.batch_size > 0, "optim.batch_size", "must be > 0"),
+        (o.eval_batch_size > 0, "optim.eval_batch_size", "must be > 0"),
         (o.grad_accum_steps > 0, "optim.grad_accum_steps", "must be > 0"),
         (o.num_epochs > 0, "optim.num_epochs", "must be > 0"),
-        (cfg.scaling.num_workers > 0, "scaling.num_workers", "must be > 0"),
-        (cfg.search.num_samples > 0, "search.num_samples", "must be > 0"),
-        (cfg.search.keep_checkpoints > 0, "search.keep_checkpoints", "must be > 0"),
-        (cfg.search.reduction_factor >= 2, "search.reduction_factor", "must be >= 2"),
-        (cfg.search.grace_period is None or cfg.search.grace_period >= 1, "search.grace_period", "must be >= 1"),
-        (cfg.search.rounds is None or cfg.search.rounds >= 1, "search.rounds", "must be >= 1"),
-        (0 < cfg.search.min_share_before_stop <= 1, "search.min_share_before_stop", "must be in (0, 1]"),
+        (o.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0"),
+        (o.eval_every_steps is None or o.eval_every_steps > 0, "optim.eval_every_steps", "must be > 0 (or null: once per epoch)"),
         (0 <= o.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)"),
+        (sc.num_workers > 0, "scaling.num_workers", "must be > 0"),
+        (sc.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0"),
+        (all(v >= 0 for v in sc.resources_per_worker.values()), "scaling.resources_per_worker", "amounts must be >= 0"),
+        (sc.torch_threads is None or sc.torch_threads > 0, "scaling.torch_threads", "must be > 0 (or null)"),
+        (sc.max_failures >= -1, "scaling.max_failures", "must be >= 0 (or -1: retry forever)"),
+        (bool(_NAME.match(s.name)), "search.name",
+         f"{s.name!r} must be a plain folder name (letters, digits, '.', '_', '-')"),
+        (s.name != CACHE_DIR_NAME or bool(d.cache_dir), "search.name",
+         f"{CACHE_DIR_NAME!r} is the folder of prepared data in search.storage_path; choose another name"),
+        (bool(s.storage_path), "search.storage_path", "must not be empty"),
+        (s.num_samples > 0, "search.num_samples", "must be > 0"),
+        (s.max_concurrent_trials is None or s.max_concurrent_trials > 0, "search.max_concurrent_trials",
+         "must be > 0 (or null: derived from the cluster)"),
+        (s.keep_checkpoints > 0, "search.keep_checkpoints", "must be > 0"),
+        (s.reduction_factor >= 2, "search.reduction_factor", "must be >= 2"),
+        (s.grace_period is None or s.grace_period >= 1, "search.grace_period", "must be >= 1"),
+        (s.rounds is None or s.rounds >= 1, "search.rounds", "must be >= 1"),
+        (0 < s.min_share_before_stop <= 1, "search.min_share_before_stop", "must be in (0, 1]"),
+        (s.n_startup_trials >= 0, "search.n_startup_trials", "must be >= 0"),
     ]
     for ok, key, msg in checks:
         if not ok:
@@ -302,6 +392,45 @@ def validate(cfg: RaykdConfig) -> None:
         raise ConfigError(f"{_where(src, 'data')}: no training data (train_file/dataset_name)")
 
 
+def known_rounds(cfg: RaykdConfig) -> int | None:
+    """The rounds every trial of a search runs when the config alone decides them: search.rounds,
+    or, with one evaluation per epoch, ceil(num_epochs) (whatever the data size). None when they
+    depend on the number of training features (optim.eval_every_steps)."""
+    if cfg.search.rounds:
+        return cfg.search.rounds
+    if cfg.optim.eval_every_steps is None:
+        return math.ceil(cfg.optim.num_epochs - 1e-9)
+    return None
+
+
+def check_search_plan(cfg: RaykdConfig) -> None:
+    """A grace period past the last round stops nothing and is a mistake: refused as soon as the
+    rounds are known from the config (otherwise once the features are counted)."""
+    s = cfg.search
+    rounds = known_rounds(cfg)
+    if s.scheduler == "asha" and s.grace_period is not None and rounds is not None and s.grace_period > rounds:
+        raise ConfigError(f"{_where(cfg.source, 'search.grace_period')}: {s.grace_period} is past the last of the "
+                          f"{rounds} rounds every trial runs; lower it or set search.scheduler: fifo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a run's files go (pure paths; the same on every node)
+
+
+def storage_root(cfg: RaykdConfig) -> str:
+    path = cfg.search.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def run_name(cfg: RaykdConfig, mode: str | None = None) -> str:
+    """The folder under storage_root of a search (``mode`` None) or of a single train/finetune run."""
+    return cfg.search.name if mode is None else f"{cfg.search.name}-{mode}"
+
+
+def experiment_path(cfg: RaykdConfig, mode: str | None = None) -> str:
+    return f"{storage_root(cfg).rstrip('/')}/{run_name(cfg, mode)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 
@@ -309,12 +438,19 @@ def validate(cfg: RaykdConfig) -> None:
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["optim.learning_rate=1e-4", ...]`` → nested dict; values are parsed as YAML."""
     nested: dict[str, Any] = {}
+    keys = set(all_keys())
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, text = pair.split("=", 1)
-        value = yaml.safe_load(text) if text != "" else ""
-        set_dotted(nested, key.strip(), value)
+        key = key.strip()
+        if key not in keys and key != "space" and not key.startswith("space."):
+            raise ConfigError(f"--set {key}: unknown key; {suggest(key)}")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value {text!r} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        set_dotted(nested, key, value)
     return nested
 
 
@@ -338,20 +474,64 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so a setting written twice would quietly lose its first value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(f"line {mark.line + 1}, column {mark.column + 1}: key {key!r} is given twice")
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """A config file's mapping, or one ConfigError line naming the file (and line/column for a
+    syntax error): missing, a folder, empty, not UTF-8 text, bad YAML, not a mapping."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (undecodable byte at offset {exc.start}); "
+                          "a config is YAML text") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: is a binary file, not YAML text")
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        opened = getattr(exc, "context_mark", None)
+        if getattr(exc, "context", None) and opened and opened is not mark:
+            # An unclosed bracket or quote is reported where the file ends; say where it opened.
+            problem += f" ({exc.context} at line {opened.line + 1}, column {opened.column + 1})"
+        raise ConfigError(f"{path}: not valid YAML: {where}{problem}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config file is empty (no settings); copy search_spaces/quickstart.yaml and edit it")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data:, models:, distill:, ...) at the top "
+                          f"level, got a {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> RaykdConfig:
     raw: dict[str, Any] = {}
     source = None
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        source = str(p)
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        raw = read_yaml(path)
+        source = str(path)
     if overrides:
         raw = deep_merge(raw, parse_overrides(overrides))
     return RaykdConfig.from_dict(raw, source=source)

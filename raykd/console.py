@@ -7,7 +7,8 @@ chatter, model loading reports, progress bars and C++ notices from workers and c
 the log file only. Libraries' progress bars and info logs in this process are turned off.
 ``--verbose`` shows everything as Ray and the libraries print it. Either way, every line the
 process writes to stdout/stderr, forwarded ones included, is appended to the command's log file
-under the experiment folder (:func:`log_path`).
+under the experiment folder (``<experiment>/logs/<command>.log``; ``prepare``, which has no
+experiment folder: ``<storage_path>/logs/<search.name>-prepare.log``).
 
 Installed once per CLI command, before Ray or the libraries are imported: Python loggers bind to
 the stream that is ``sys.stderr`` when they are created. Output written by C/C++ code straight to
@@ -40,12 +41,12 @@ _QUIET_ENV = {
 }
 
 
-def log_path(storage_path: str, folder: str, command: str) -> Path:
-    """``<storage_path>/<folder>/logs/<command>.log``; with a cloud storage path (no local folder
-    to write to), ``./raykd_logs/<folder>/<command>.log``."""
+def log_path(storage_path: str, relative: str) -> Path:
+    """``<storage_path>/<relative>``; with a cloud storage path (no local folder to write to),
+    ``./raykd_logs/<relative>``."""
     if "://" in storage_path:
-        return Path("raykd_logs").resolve() / folder / f"{command}.log"
-    return Path(storage_path).expanduser().resolve() / folder / "logs" / f"{command}.log"
+        return Path("raykd_logs").resolve() / relative
+    return Path(storage_path).expanduser().resolve() / relative
 
 
 def shown(line: str) -> str | None:

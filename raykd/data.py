@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from datasets import Dataset, load_dataset
+from typing import TYPE_CHECKING, Any
 
 from raykd import synthetic
 from raykd.config import DataConfig
+from raykd.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedSplit:
@@ -24,17 +30,33 @@ class LoadedSplit:
     skipped: int  # records whose answer text does not match the context at answer_start
 
 
+def temp_name(path: Path) -> Path:
+    """A sibling of ``path`` to write before renaming it onto ``path``: hidden, and unique to this
+    host and process, so that concurrent writers (trials, nodes sharing a cache) never write the
+    same temporary and a reader never sees half a file."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _synthetic_split(path: Path, n_questions: int, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = temp_name(path)
+        tmp.write_text(json.dumps(synthetic.generate(n_questions, seed)))
+        tmp.replace(path)
+    return path
+
+
 def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None]:
     """Local train/validation files, generating the synthetic set on first use."""
     if cfg.synthetic:
         root = cache_dir / "synthetic"
-        train = synthetic.write_split(
+        train = _synthetic_split(
             root / f"train-{cfg.synthetic_train_size}-{cfg.synthetic_seed}.json",
             cfg.synthetic_train_size,
             cfg.synthetic_seed,
         )
         # A different seed: evaluation paragraphs describe people never seen in training.
-        valid = synthetic.write_split(
+        valid = _synthetic_split(
             root / f"dev-{cfg.synthetic_eval_size}-{cfg.synthetic_seed + 1000}.json",
             cfg.synthetic_eval_size,
             cfg.synthetic_seed + 1000,
@@ -43,33 +65,67 @@ def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None
     return cfg.train_file, cfg.validation_file
 
 
+class DataError(UserError):
+    """A data file that is not SQuAD v1.1 JSON; the message names the file and where in it."""
+
+
+def _need(obj: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise DataError(f"{where}: missing {key!r} (SQuAD v1.1 is data[].paragraphs[].{{context, qas[].{{id, "
+                        "question, answers[].{text, answer_start}}}}})")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{where}.{key}: expected {kind.__name__ if isinstance(kind, type) else 'a number'}, "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def squad_questions(doc: Any, path: str) -> Iterator[dict[str, Any]]:
+    """The questions of a parsed SQuAD v1.1 document, flat in the hub's ``squad`` schema, each with
+    ``ok``: whether every answer text lies in the context at its answer_start. A document that is
+    not SQuAD v1.1 raises DataError naming the file and the first bad place (e.g.
+    ``data[0].paragraphs[3].qas[1]: missing 'answers'``)."""
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object with a 'data' list (SQuAD v1.1), got {type(doc).__name__}")
+    for i, article in enumerate(_need(doc, "data", list, path)):
+        for j, para in enumerate(_need(article, "paragraphs", list, f"{path}: data[{i}]")):
+            where = f"{path}: data[{i}].paragraphs[{j}]"
+            context = _need(para, "context", str, where)
+            for k, qa in enumerate(_need(para, "qas", list, where)):
+                q_where = f"{where}.qas[{k}]"
+                if isinstance(qa, dict) and qa.get("is_impossible"):
+                    raise DataError(f"{q_where}: an unanswerable question (SQuAD v2.0); raykd needs SQuAD v1.1")
+                question = _need(qa, "question", str, q_where)
+                answers = _need(qa, "answers", list, q_where)
+                texts, starts = [], []
+                for n, ans in enumerate(answers):
+                    texts.append(_need(ans, "text", str, f"{q_where}.answers[{n}]"))
+                    starts.append(_need(ans, "answer_start", int, f"{q_where}.answers[{n}]"))
+                yield {
+                    "id": str(qa.get("id", f"{i}-{j}-{k}")),
+                    "title": article.get("title", "") if isinstance(article, dict) else "",
+                    "context": context,
+                    "question": question,
+                    "answers": {"text": texts, "answer_start": starts},
+                    "ok": bool(answers) and all(context[s : s + len(t)] == t for s, t in zip(starts, texts)),
+                }
+
+
 def read_squad_json(path: str) -> LoadedSplit:
-    """Flatten a SQuAD v1.1 JSON file into the hub's ``squad`` schema; bad records are skipped."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    for article in doc.get("data", []):
-        title = article.get("title", "")
-        for para in article.get("paragraphs", []):
-            context = para["context"]
-            for qa in para.get("qas", []):
-                answers = qa.get("answers", [])
-                texts = [a["text"] for a in answers]
-                starts = [int(a["answer_start"]) for a in answers]
-                if not answers or any(
-                    context[s : s + len(t)] != t for s, t in zip(starts, texts)
-                ):
-                    skipped += 1
-                    continue
-                rows.append(
-                    {
-                        "id": str(qa["id"]),
-                        "title": title,
-                        "context": context,
-                        "question": qa["question"],
-                        "answers": {"text": texts, "answer_start": starts},
-                    }
-                )
+    """Flatten a SQuAD v1.1 JSON file into the hub's ``squad`` schema; questions whose answer does
+    not match the context at answer_start are skipped (and counted)."""
+    from datasets import Dataset
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not SQuAD JSON ({exc})") from None
+    rows, skipped = [], 0
+    for q in squad_questions(doc, path):
+        if q.pop("ok"):
+            rows.append(q)
+        else:
+            skipped += 1
     if skipped:
         log.warning("%s: skipped %d records whose answer does not match answer_start", path, skipped)
     return LoadedSplit(Dataset.from_list(rows), skipped)
@@ -95,6 +151,8 @@ def load_split(cfg: DataConfig, split: str, cache_dir: Path) -> LoadedSplit:
     if local:
         loaded = read_squad_json(local)
     else:
+        from datasets import load_dataset
+
         loaded = check_answers(load_dataset(cfg.dataset_name, split=split))
     limit = cfg.max_train_samples if split == "train" else cfg.max_eval_samples
     if limit is not None and limit < len(loaded.examples):

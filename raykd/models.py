@@ -1,6 +1,9 @@
 """Teacher and student models: loading by hub name, local directory or ``pkg:`` path; the frozen
 teacher; DistilBERT-style student initialisation from selected teacher layers; the tokenizer
 compatibility check; and the model-specific subset of inputs each forward accepts.
+
+torch and transformers are imported where they are used, so that the checks run before Ray
+starts (:mod:`raykd.preflight`) can use this module without paying for them.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
+from typing import TYPE_CHECKING, Any
 
 from raykd.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +46,14 @@ def resolve(name: str) -> str:
 
 
 def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(resolve(name))
 
 
 def load_qa_model(name: str) -> PreTrainedModel:
+    from transformers import AutoModelForQuestionAnswering
+
     return AutoModelForQuestionAnswering.from_pretrained(resolve(name))
 
 
@@ -86,6 +94,8 @@ def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTr
     """A student with ``source``'s architecture, its embeddings and the encoder layers ``layers``
     (DistilBERT's "one layer out of two"). The QA head is left freshly initialised: the student
     learns the task from the teacher and the gold spans, as in the paper's second step."""
+    from transformers import AutoModelForQuestionAnswering
+
     key = _layer_count_key(source.config)
     n_src = getattr(source.config, key)
     bad = [i for i in layers if not 0 <= i < n_src]
@@ -115,6 +125,7 @@ def load_qa_model_new_head(name: str) -> PreTrainedModel:
     (e.g. a pre-trained encoder) into a QA class leaves ``qa_outputs`` freshly initialised and its
     pooler unused. transformers reports that in a LOAD REPORT table on every load; here it is
     expected, so only weights missing outside the head are reported."""
+    from transformers import AutoModelForQuestionAnswering
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()

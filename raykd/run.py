@@ -6,12 +6,18 @@ train/finetune run, ``prepare``, ``evaluate`` and ``search``. Ray and MLflow sta
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from raykd.config import RaykdConfig, with_values
-from raykd.errors import UserError
+from raykd import preflight
+from raykd.config import DISTILL, RaykdConfig, experiment_path, with_values
 from raykd.metrics import METRIC
+
+# The order of every command: config and space checks (on load), preflight (files, models,
+# experiment folder, the tracking store's reachability), then Ray, then the cluster's resources,
+# and only then anything that writes (an overwritten folder removed, the MLflow experiment and
+# runs, the study's cache, the experiment folder). A refused command leaves nothing behind.
 
 
 def _begin() -> None:
@@ -24,23 +30,39 @@ def _begin() -> None:
 
 
 def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
-    """The tracking module, connected (fails fast on an unreachable store), or None when off."""
+    """The tracking module once its store is known to answer (nothing written yet), or None."""
     if not (enabled and cfg.tracking.enabled):
         return None
     from raykd import tracking
 
-    tracking.connect(cfg, tracking_uri)
+    tracking.check(cfg, tracking_uri)
     return tracking
 
 
-def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking_uri: str | None = None,
-               tracking: bool = True) -> dict[str, Any]:
-    """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
+def _start(cfg: RaykdConfig, mode: str | None, address: str | None, overwrite: bool, driver_cpu: float = 0.0) -> None:
+    """Ray, the check that its cluster can ever hold a run, then --overwrite's removal."""
     from raykd import train
 
-    tracker = _tracking(cfg, tracking_uri, tracking)
-    _begin()
     train.init_ray(address)
+    train.check_resources(cfg, driver_cpu)
+    path = experiment_path(cfg, mode)
+    if overwrite and "://" not in path and Path(path).exists():
+        print(f"[raykd] --overwrite: removing {path}", flush=True)
+        shutil.rmtree(path)
+    # After the removal: the log lives in the experiment folder (what was printed so far is kept).
+    _begin()
+
+
+def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking_uri: str | None = None,
+               tracking: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
+    preflight.check(cfg, mode, overwrite=overwrite)
+    tracker = _tracking(cfg, tracking_uri, tracking)
+    from raykd import storage, train  # ray, torch: after the checks, which then answer in a second
+
+    _start(cfg, mode, address, overwrite)
+    if tracker:
+        tracker.connect(cfg, tracking_uri)
     study, info = train.prepare_study(cfg, mode)
     result = train.fit(cfg, mode, study=study)
     if result.error:
@@ -57,7 +79,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
         "eval_exact_match": best.get("eval_exact_match"),
         "best_round": best.get("round"),
         "rounds": (result.metrics or {}).get("round"),
-        "checkpoint": checkpoint.path,
+        "checkpoint": storage.as_uri(checkpoint.path, train.storage_root(cfg)),
         "teacher": study.teacher,
         "prepared": info,
         "mlflow": logged,
@@ -65,11 +87,13 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
 
 
 def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
+    preflight.check(cfg, DISTILL, experiment=False)
     from raykd import train
 
     _begin()
     train.init_ray(address)
-    study, info = train.prepare_study(cfg, "distill")
+    train.check_resources(cfg)  # a teacher fine-tuned first runs on the scaling section's workers
+    study, info = train.prepare_study(cfg, train.DISTILL)
     return {**info, "teacher": study.teacher, "teacher_file": study.teacher_file}
 
 
@@ -78,12 +102,9 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
                    n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
     """EM/F1 of a saved model on a SQuAD v1.1 JSON file (no Ray needed); optionally writes the
     answers in the official script's format and the n-best lists (:mod:`raykd.predictions`)."""
+    preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
     from raykd import data, inference, models, predictions
 
-    if not Path(data_file).is_file():
-        raise UserError(f"--data {data_file}: no such file")
-    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
-        raise UserError(f"--model {model}: no such folder")
     tok = models.load_tokenizer(model)
     qa = models.load_qa_model(model)
     loaded = data.read_squad_json(data_file)
@@ -101,10 +122,9 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
 
 
 def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
-           tracking_uri: str | None = None, tracking: bool = True) -> dict[str, Any]:
+           tracking_uri: str | None = None, tracking: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
-    from raykd import search as search_mod
-    from raykd import spaces, teacher_cache, train
+    from raykd import spaces, storage
 
     # Everything a trial could refuse is refused here, before Ray starts.
     params = spaces.parse(cfg.space, cfg.source)
@@ -113,16 +133,20 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     cfg = with_values(cfg, spaces.constants(params))
     spaces.check_corners(cfg, params)
     for point in cfg.search.points_to_evaluate:
-        spaces.check_point(point, params, cfg.source)
-    _check_searched_vocabularies(cfg, params)
+        spaces.check_point(point, params, cfg.source, cfg)
+    preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
-    _begin()
-    train.init_ray(address)
+    from raykd import search as search_mod  # ray, optuna, torch: after the checks
+    from raykd import teacher_cache, train
+
+    _start(cfg, None, address, overwrite, driver_cpu=search_mod.DRIVER_CPU)
+    if tracker:
+        tracker.connect(cfg, tracking_uri)
     study, info = train.prepare_study(cfg, train.DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
     logits = ("computed" if info["teacher_logits_computed"] else "reused") if study.teacher_file else "not used"
     print(f"[raykd] study: teacher {study.teacher}; features {'built' if info['features_built'] else 'reused'}; "
           f"teacher logits {logits}", flush=True)
-    n_features = teacher_cache.Prepared(Path(study.prepared)).manifest()["n_train_features"]
+    n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
@@ -131,15 +155,14 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if tracker:
         uri = tracker.resolve_uri(cfg, tracking_uri)
         # A resumed search keeps logging under the study run it started with.
-        parent_file = Path(train.storage_root(cfg)) / cfg.search.name / "mlflow_study_run_id"
-        if resume and parent_file.exists():
-            parent = parent_file.read_text().strip()
+        parent_file = storage.join(train.storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
+        saved = storage.read_text(parent_file) if resume else None
+        if saved:
+            parent = saved.strip()
             tracker.reopen_study(parent)
         else:
             parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
-            if "://" not in str(parent_file):
-                parent_file.parent.mkdir(parents=True, exist_ok=True)
-                parent_file.write_text(parent)
+            storage.write_text(parent_file, parent)
         callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
     summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}
@@ -154,8 +177,13 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
               "checkpoint was pruned. Continue the search with --resume.")
         return summary
     if tracker:
+        # The registered student answers with the winner's settings (a searched max_length,
+        # doc_stride, n_best, teacher), not the base config's.
+        best = summary["best"] or {}
+        won = with_values(cfg, {p.key: best[p.key] for p in params if p.kind != "constant" and p.key in best})
+        teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher
         summary["mlflow"] = tracker.finish_study(
-            parent, summary, cfg, study.teacher, spaces.searched_keys(params),
+            parent, summary, won, teacher, spaces.searched_keys(params),
             optuna_study=search_mod.load_optuna_study(cfg, summary["experiment_path"]))
     print()
     print(search_mod.format_table(summary))
@@ -170,21 +198,3 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})")
     print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
     return summary
-
-
-def _check_searched_vocabularies(cfg: RaykdConfig, params) -> None:
-    """A searched student or teacher must share the teacher's vocabulary, like the base pair
-    (which prepare_study checks): checked for every choice before any trial starts."""
-    from raykd import models, spaces
-
-    searched = {p.key for p in params if p.kind != "constant"}
-    if not searched & {"models.student", "models.teacher"}:
-        return
-    teachers = [t for t in spaces.values_of(params, cfg, "models.teacher") if t] or \
-        [cfg.models.teacher_finetune.base]
-    for teacher in teachers:
-        for student in spaces.values_of(params, cfg, "models.student"):
-            try:
-                models.check_tokenizers(models.load_tokenizer(teacher), models.load_tokenizer(student))
-            except ValueError as exc:
-                raise UserError(f"{cfg.source or 'config'}: space: {student} with teacher {teacher}: {exc}") from None

@@ -13,10 +13,13 @@ Optuna is told, what the summary ranks by and what the registry registers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pickle
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +34,9 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import spaces, train
+from raykd import errors, spaces, storage, train
 from raykd.config import RaykdConfig, with_values
+from raykd.errors import TrialFailed, UserError
 from raykd.metrics import METRIC, MODE
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
@@ -76,7 +80,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         if rnd in self._reported.setdefault(trial_id, set()):
             return
         self._reported[trial_id].add(rnd)
-        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: rnd, self.metric: self._score[trial_id]})
+        try:
+            super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: rnd, self.metric: self._score[trial_id]})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Optuna's study (sqlite, written at once) already closed this trial while Tune's
+            # saved state, older after a hard kill, still had it running: Optuna's record stands.
+            pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and self.metric in result:
@@ -123,10 +132,18 @@ class ResumableASHA(ASHAScheduler):
     uninterrupted search stops. The rungs are written beside the experiment after every result
     and read back on resume."""
 
-    def __init__(self, state_uri: str, **kwargs):
+    def __init__(self, state_uri: str, last_round: int, **kwargs):
         super().__init__(**kwargs)
+        # A rung at (or past) the last round would stop a trial on its final result: the trial has
+        # finished anyway, but Tune would kill it instead of letting fit() return and Train shut
+        # its workers down itself.
+        for bracket in self._brackets:
+            bracket._rungs = [(m, rec) for m, rec in bracket._rungs if m < last_round]
+        # Trials ASHA stopped. After a hard kill Tune's saved state can be older than the rungs
+        # and list one as running; resumed, it is stopped again at its first result.
+        self._stopped: set[str] = set()
         self._state_uri = state_uri
-        fs, path = _fs(state_uri)
+        fs, path = storage.filesystem(state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
             fs.delete_file(path)  # a fresh search starts with empty rungs
 
@@ -134,19 +151,20 @@ class ResumableASHA(ASHAScheduler):
         # Tuner.restore unpickles the scheduler as it was when the search started: bring the
         # rungs up to date from the file written during the search.
         self.__dict__.update(state)
-        fs, path = _fs(self._state_uri)
+        fs, path = storage.filesystem(self._state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
             with fs.open_input_stream(path) as f:
                 saved = pickle.loads(f.read())
             self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
             self._num_stopped = saved["num_stopped"]
+            self._stopped = saved.get("stopped", set())
 
     def _save(self) -> None:
-        fs, path = _fs(self._state_uri)
+        fs, path = storage.filesystem(self._state_uri)
         tmp = path + ".tmp"
         with fs.open_output_stream(tmp) as f:
             f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
-                                  "num_stopped": self._num_stopped}))
+                                  "num_stopped": self._num_stopped, "stopped": self._stopped}))
         fs.move(tmp, path)
 
     def on_trial_add(self, tune_controller, trial) -> None:
@@ -155,7 +173,11 @@ class ResumableASHA(ASHAScheduler):
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self._stopped:
+            return self.STOP
         decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP:
+            self._stopped.add(trial.trial_id)
         self._save()
         return decision
 
@@ -222,10 +244,6 @@ class RoundLines(tune.Callback):
                   flush=True)
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-
-
 def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
                   rounds: int, keep_by: str, study_keys: list[str], broker=None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
@@ -239,17 +257,20 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
         cfg, train.Study(**study).loop_config(cfg, train.DISTILL, eval_rounds=rounds), name=trial_id,
         storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        # Train's error carries every worker's traceback; the trial's error says why in one line
+        # (the traceback stays in the Train run's logs).
+        causes = getattr(exc, "worker_failures", None) or {"": exc}
+        raise TrialFailed("; ".join(sorted({errors.reason(e) for e in causes.values()}))) from None
 
 
 def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
     """How many trials fit at once: every worker's resources, plus each driver's CPU sliver."""
     if cfg.search.max_concurrent_trials:
         return cfg.search.max_concurrent_trials
-    sc = cfg.scaling
-    need = {"CPU": sc.num_workers * sc.cpus_per_worker, **{k: v * sc.num_workers for k, v in sc.resources_per_worker.items()}}
-    if sc.use_gpu:
-        need["GPU"] = float(sc.num_workers)
+    need = {k: v * cfg.scaling.num_workers for k, v in train.worker_resources(cfg).items()}
     fits = []
     for key, amount in need.items():
         have = resources.get(key, 0.0)
@@ -339,17 +360,22 @@ class SearchSetup:
 def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the_plan: Plan,
            callbacks: list, resume: bool) -> SearchSetup:
     s = cfg.search
-    storage = train.storage_root(cfg)
-    experiment_path = f"{storage.rstrip('/')}/{s.name}"
+    root = train.storage_root(cfg)
+    experiment_path = storage.join(root, s.name)
     runs_path = f"{experiment_path}/{TRAIN_RUNS}"
     keys = spaces.study_keys(params)
     broker = None
     if keys:
+        # A teacher raykd fine-tuned for the base study is the teacher of every study: fine-tuning
+        # one per searched data value would confound the comparison (and cost a fine-tune each).
+        broker_base = cfg
+        if cfg.models.teacher is None and study.teacher:
+            broker_base = with_values(cfg, {"models.teacher": study.teacher})
         # On the driver's node, where the base study was prepared.
         here = ray.get_runtime_context().get_node_id()
         broker = ray.remote(num_cpus=0)(StudyBroker).options(
             scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False),
-        ).remote(cfg.to_dict(), spaces.may_use_teacher_logits(cfg, params),
+        ).remote(broker_base.to_dict(), spaces.may_use_teacher_logits(cfg, params),
                  {json.dumps({k: spaces.values_of([], cfg, k)[0] for k in keys}, sort_keys=True, default=str):
                   study.__dict__})
     trainable = tune.with_resources(
@@ -362,9 +388,12 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     if resume:
         if not tune.Tuner.can_restore(experiment_path):
-            raise FileNotFoundError(f"--resume: no experiment to resume at {experiment_path}")
+            raise UserError(f"--resume: {experiment_path} holds no Tune experiment to resume; "
+                            "drop --resume and pass --overwrite to start afresh")
+        # A failed trial stays failed (its reason is recorded; a NaN loss would fail again): resume
+        # continues only the trials the interruption left unfinished.
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=False)
         return SearchSetup(tuner, experiment_path)
     searcher = TruthfulOptunaSearch(
         space=spaces.define_by_run(params),
@@ -382,7 +411,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
         # max_t one past the last round: a trial that completes ends by returning from fit() (Train
         # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
         # its placement group to Train's asynchronous cleaner.
-        scheduler = ResumableASHA(f"{experiment_path}/{ASHA_STATE}", time_attr="round",
+        scheduler = ResumableASHA(f"{experiment_path}/{ASHA_STATE}", last_round=the_plan.rounds, time_attr="round",
                                   max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
                                   reduction_factor=s.reduction_factor)
     tuner = tune.Tuner(
@@ -392,7 +421,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
             max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
         ),
         run_config=tune.RunConfig(
-            name=s.name, storage_path=storage, callbacks=[RoundLines(the_plan.rounds), *callbacks], verbose=1,
+            name=s.name, storage_path=root, callbacks=[RoundLines(the_plan.rounds), *callbacks], verbose=1,
             progress_reporter=ProgressTable(spaces.searched_keys(params)
                                             + [p.key for p in params if p.kind == "complement"])),
     )
@@ -403,34 +432,97 @@ def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: 
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)
+    _same_plan_on_resume(cfg, the_plan, resume, callbacks or [])
     setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
-    grid = setup.tuner.fit()
-    # Tune catches Ctrl-C, saves the experiment and returns normally; trials it did not finish are
-    # neither TERMINATED nor errored.
-    # Tune's per-trial status is what tells an interrupted trial from one ASHA stopped (both end
-    # on a round that is not final); ResultGrid exposes it only through its analysis.
-    statuses = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+    with _hangup_is_ctrl_c():
+        grid = setup.tuner.fit()
+    statuses = _saved_statuses(setup.experiment_path, grid)
     interrupted = any(st not in ("TERMINATED", "ERROR") for st in statuses.values()) \
         or len(grid) < cfg.search.num_samples
+    # Summarize before pruning: a trial resumed by --resume finds its earlier rounds in its latest
+    # checkpoint, which pruning may remove.
+    summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
+                        the_plan, statuses, runs_path=f"{setup.experiment_path}/{TRAIN_RUNS}")
+    summary["interrupted"] = interrupted
     if not interrupted:
         # Only a finished search prunes: an unfinished trial resumes from Train's latest
         # checkpoint, which Train refuses to do when a checkpoint it recorded is gone.
         prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
-    summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
-                        the_plan, statuses)
-    summary["interrupted"] = interrupted
+    # Ray reports checkpoint paths inside their filesystem (``bucket/key`` on S3): give them back
+    # their scheme so the summary's paths open as they are.
+    for row in summary["trials"]:
+        row["checkpoint_path"] = storage.as_uri(row["checkpoint_path"], setup.experiment_path)
     summary["experiment_path"] = setup.experiment_path
     summary["optuna_trials"] = optuna_trials(cfg, setup.experiment_path)
-    if "://" not in setup.experiment_path:
-        Path(setup.experiment_path, SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    # summary.json marks a finished search (benchmarks and the registry read it as final); an
+    # interrupted one is reported on the console and continued with --resume.
+    if not interrupted:
+        storage.write_text(storage.join(setup.experiment_path, SUMMARY), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+PLAN_FILE = "raykd_plan.json"
+
+
+def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbacks: list) -> None:
+    """A resumed search restores its scheduler, searcher and callbacks as they were pickled when
+    it started, while its trials would take rounds and checkpoint rules from the current config:
+    a changed setting would be half applied, so it is refused. The plan is recorded at the start."""
+    record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
+              "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
+              "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
+    fs, path = storage.filesystem(f"{train.storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
+    if resume:
+        try:
+            with fs.open_input_stream(path) as f:
+                saved = json.loads(f.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return  # started before the plan was recorded
+        changed = {k: (saved.get(k), v) for k, v in record.items() if saved.get(k) != v}
+        if changed:
+            raise UserError(f"{cfg.source or 'config'}: --resume with settings that differ from the interrupted "
+                            "search's (was, now): " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                            + "; resume with the original settings, or start a new search.name")
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(record).encode())
+
+
+@contextlib.contextmanager
+def _hangup_is_ctrl_c():
+    """While the search runs, a closed terminal (SIGHUP) or a polite kill (SIGTERM) stops it the
+    way Ctrl-C does: Tune saves the experiment and the search ends resumable (Tune itself only
+    catches SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _saved_statuses(experiment_path: str, grid) -> dict[str, str]:
+    """Each trial's Tune status as Tune saved it when the search ended. On Ctrl-C Tune saves the
+    experiment, then stops the trials still running and marks them TERMINATED, so the ResultGrid
+    cannot tell them from finished ones; the saved state still has them RUNNING (or PENDING)."""
+    try:
+        analysis = tune.ExperimentAnalysis(experiment_path)
+        return {t.trial_id: t.status for t in analysis.trials}
+    except Exception:  # noqa: BLE001 -- no readable snapshot: what the grid says is all there is
+        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
 
 
 def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
     """Leave each trial its best ``keep`` checkpoints by ``by`` (METRIC, or ``round``: the latest). Train keeps the latest one too
     (to resume a run); once the search is over no trial resumes, so that one goes unless it is
     among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
-    fs, root = _fs(runs_path)
+    fs, root = storage.filesystem(runs_path)
     info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     for run_dir in (i.path for i in info if i.type == pafs.FileType.Directory):
         ckpts = [i.path for i in fs.get_file_info(pafs.FileSelector(run_dir))
@@ -457,20 +549,54 @@ def trial_score(df, rule: str):
     return df.loc[col.idxmax() if MODE == "max" else col.idxmin()]
 
 
-def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None) -> dict[str, Any]:
+def _with_earlier_rounds(df, runs_path: str | None, trial_id: str):
+    """A trial's rounds, all of them. Tune restarts the function of a trial resumed by --resume
+    with a fresh result file (Train, not Tune, holds the checkpoint), so Tune's results of that
+    trial start at the round it resumed from, or are empty when it had reported its last round
+    before the interruption. The rounds before are in the history every checkpoint of the trial's
+    Train run carries (its latest checkpoint is still there: pruning comes after the summary)."""
+    import pandas as pd
+
+    first = int(df["round"].iloc[0]) if df is not None and not df.empty and "round" in df else None
+    if runs_path is None or first == 1:
+        return df
+    fs, root = storage.filesystem(f"{runs_path}/{trial_id}")
+    metas: dict[int, tuple[dict, str]] = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                with fs.open_input_stream(f"{info.path}/{train.META_FILE}") as f:
+                    meta = json.loads(f.read())
+                metas[int(meta["round"])] = (meta, info.path)
+            except (FileNotFoundError, OSError, KeyError, ValueError):
+                continue
+    if not metas:
+        return df
+    history = metas[max(metas)][0].get("history", [])
+    earlier = [h for h in history if first is None or int(h["round"]) < first]
+    if not earlier:
+        return df
+    before = pd.DataFrame([{**h, "checkpoint_path": metas.get(int(h["round"]), (None, None))[1]} for h in earlier])
+    return before if first is None else pd.concat([before, df], ignore_index=True)
+
+
+def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None,
+              runs_path: str | None = None) -> dict[str, Any]:
     """One row per trial (hyperparameters, its score and the round it comes from, rounds run of
     those planned, stopped early), and the best trial: the best score over all trials, with the
     checkpoint of the round it comes from."""
     rows = []
     for result in grid:
-        df = result.metrics_dataframe
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        df = _with_earlier_rounds(result.metrics_dataframe, runs_path, trial_id)
         row: dict[str, Any] = {"trial_id": trial_id, **{k: config.get(k) for k in keys}}
+        if result.error:
+            row["error"] = errors.reason(result.error)
         # Not TERMINATED and not errored: the search was interrupted while this trial ran or waited.
         unfinished = (statuses or {}).get(trial_id, "TERMINATED") not in ("TERMINATED", "ERROR")
         if df is None or df.empty or METRIC not in df:
-            row.update({"status": "ERROR" if result.error else ("UNFINISHED" if unfinished else "NO RESULT"),
+            row.update({"status": "FAILED" if result.error else ("UNFINISHED" if unfinished else "NO RESULT"),
                         METRIC: None,
                         "eval_exact_match": None, "rounds": 0, "planned_rounds": the_plan.rounds,
                         "stopped_early": False,
@@ -481,7 +607,7 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
         last = df.iloc[-1]
         final = bool(last.get("final", True))
         row.update({
-            "status": "ERROR" if result.error else (
+            "status": "FAILED" if result.error else (
                 "UNFINISHED" if unfinished else "STOPPED" if not final else "COMPLETED"),
             METRIC: float(best[METRIC]),
             "eval_exact_match": float(best["eval_exact_match"]),
@@ -493,7 +619,9 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
             "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[METRIC])],
         })
         rows.append(row)
-    scored = [r for r in rows if r[METRIC] is not None and r["status"] != "UNFINISHED"]
+    # A failed trial's rounds before the failure are real, but its run did not end as configured:
+    # the winner comes from trials that ran their schedule (or were stopped by the scheduler).
+    scored = [r for r in rows if r[METRIC] is not None and r["status"] not in ("UNFINISHED", "FAILED")]
     pick = max if MODE == "max" else min
     best_row = pick(scored, key=lambda r: r[METRIC]) if scored else None
     return {"metric": METRIC, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
@@ -504,7 +632,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = summary["trials"]
     if not rows:
         return "(no trials)"
-    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve", "planned_rounds")]
+    keys = [k for k in rows[0] if k not in ("checkpoint_path", "curve", "planned_rounds", "error")]
 
     def fmt(k, r):
         v = r.get(k)
@@ -520,4 +648,5 @@ def format_table(summary: dict[str, Any]) -> str:
     line = "  ".join(k.ljust(w) for k, w in zip(keys, widths))
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    out += [f"{r['trial_id']} FAILED: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out)

@@ -13,6 +13,7 @@ Keys are dotted config fields (any field of :class:`raykd.config.RaykdConfig`). 
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def parse(space: dict[str, Any], source: str | None = None) -> list[Param]:
         try:
             tp = config_mod.field_type(key)
         except KeyError:
-            raise _err(source, key, "unknown config field") from None
+            raise _err(source, key, f"unknown config field; {config_mod.suggest(key)}") from None
         if not isinstance(spec, dict):
             _check_value(key, spec, source)
             params.append(Param(key, "constant", value=spec))
@@ -155,8 +156,10 @@ def searched_keys(params: list[Param]) -> list[str]:
     return [p.key for p in params if p.kind not in ("constant", "complement")]
 
 
-def check_point(point: dict[str, Any], params: list[Param], source: str | None) -> None:
-    """A ``points_to_evaluate`` entry must set exactly the searched keys, with allowed values."""
+def check_point(point: dict[str, Any], params: list[Param], source: str | None,
+                base: config_mod.RaykdConfig | None = None) -> None:
+    """A ``points_to_evaluate`` entry must set exactly the searched keys, with allowed values
+    (and, given the base config, make a valid config with them)."""
     wanted = set(searched_keys(params))
     if set(point) != wanted:
         raise SpaceError(f"{source}: search.points_to_evaluate entry {point} must set exactly {sorted(wanted)}")
@@ -169,6 +172,13 @@ def check_point(point: dict[str, Any], params: list[Param], source: str | None) 
             raise _err(source, p.key, f"points_to_evaluate value {v!r} is not one of {list(p.values)}")
         if p.low is not None and not p.low <= float(v) <= p.high:
             raise _err(source, p.key, f"points_to_evaluate value {v!r} is outside [{p.low:g}, {p.high:g}]")
+    if base is not None:
+        flat = {**point, **{q.key: 1.0 - float(point[q.of]) for q in params if q.kind == "complement"}}
+        try:
+            config_mod.with_values(base, flat)
+        except config_mod.ConfigError as exc:
+            msg = str(exc).split(": ", 1)[-1] if base.source else str(exc)
+            raise SpaceError(f"{source}: search.points_to_evaluate entry {point} makes an invalid config: {msg}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +281,53 @@ def check_corners(base: config_mod.RaykdConfig, params: list[Param]) -> None:
             except config_mod.ConfigError as exc:
                 msg = str(exc).split(": ", 1)[-1] if base.source else str(exc)
                 raise _err(base.source, p.key, f"value {v!r} makes an invalid config: {msg}") from None
+    _check_joint_corners(base, params)
+    _check_alphas_not_all_zero(base, params)
+
+
+def _can_be_zero(p: Param | None, base_value: float) -> bool:
+    """Whether a trial can get exactly 0 for this key (a continuous range hits one value with
+    probability 0)."""
+    if p is None:
+        return float(base_value) == 0
+    if p.kind == "constant":
+        return float(p.value) == 0
+    if p.kind == "choice":
+        return any(float(v) == 0 for v in p.values)
+    return False
+
+
+def _check_alphas_not_all_zero(base: config_mod.RaykdConfig, params: list[Param]) -> None:
+    """Refuse a space in which a trial can draw every loss weight as exactly 0 (it would train on
+    a zero loss). A complement ties two alphas to a sum of 1, so such a space never can."""
+    by_key = {p.key: p for p in params}
+    if any(by_key[k].kind == "complement" for k in ALPHAS if k in by_key):
+        return
+    if all(_can_be_zero(by_key.get(k), getattr(base.distill, k.split(".")[1])) for k in ALPHAS):
+        searched = [k for k in ALPHAS if k in by_key] or list(ALPHAS)
+        raise _err(base.source, searched[0], "a trial can draw every alpha (alpha_ce, alpha_squad, alpha_cos) as 0, "
+                   "a zero loss; remove 0 from one of them")
+
+
+# Searched keys whose valid values depend on each other: every combination of their ends must be
+# valid, not only each end on the base config (max_length 128 with doc_stride 192 is not).
+JOINT = [("data.max_length", "data.doc_stride")]
+
+
+def _check_joint_corners(base: config_mod.RaykdConfig, params: list[Param]) -> None:
+    by_key = {p.key: p for p in params if p.kind not in ("complement", "constant")}
+    for group in JOINT:
+        searched = [by_key[k] for k in group if k in by_key]
+        if len(searched) < 2:
+            continue
+        for combo in itertools.product(*(_corners(p) for p in searched)):
+            flat = {p.key: v for p, v in zip(searched, combo)}
+            try:
+                config_mod.with_values(base, flat)
+            except config_mod.ConfigError as exc:
+                msg = str(exc).split(": ", 1)[-1] if base.source else str(exc)
+                raise _err(base.source, " and ".join(group),
+                           f"values {flat} make an invalid config: {msg}") from None
 
 
 def may_use_teacher_logits(base: config_mod.RaykdConfig, params: list[Param]) -> bool:

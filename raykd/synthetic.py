@@ -7,9 +7,7 @@ the matching sentence. The answer is always a span of the context and ``answer_s
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 from typing import Any
 
 FIRST = [
@@ -100,12 +98,3 @@ def generate(n_questions: int, seed: int = 0, people_per_paragraph: int = 2) -> 
             count += 1
         paragraphs.append({"context": context, "qas": qas})
     return {"version": "1.1", "data": [{"title": f"synthetic-{seed}", "paragraphs": paragraphs}]}
-
-
-def write_split(path: Path, n_questions: int, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(generate(n_questions, seed)))
-        tmp.replace(path)
-    return path

@@ -11,6 +11,11 @@ Layout of one prepared folder, keyed by the fingerprint of (tokenizer, max_lengt
 
 The temperature is applied at loss time, so nothing here depends on a searched hyperparameter.
 A logits file whose size or sha256 disagrees with the manifest is rebuilt, never used.
+
+Everything is written under a temporary name and renamed into place (a prepared folder as a
+whole, a logits file, the manifest), so a reader never sees half a file and a build killed midway
+leaves only a temporary, which the next build of the same fingerprint removes. Which
+``cache_dir`` a study uses, and how its folder reaches other nodes, is :mod:`raykd.study_store`'s.
 """
 
 from __future__ import annotations
@@ -103,25 +108,73 @@ class Prepared:
         return json.loads((self.root / "manifest.json").read_text())
 
 
+def _remove_dead_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` left by a process of this host that is gone (killed midway)."""
+    prefix = data_mod.temp_name(path).name.rsplit("-", 1)[0] + "-"  # up to this process's pid
+    if not path.parent.is_dir():
+        return
+    for tmp in path.parent.glob(prefix + "*"):
+        try:
+            os.kill(int(tmp.name[len(prefix):]), 0)
+        except ProcessLookupError:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    tmp = root / "manifest.json.tmp"
+    tmp = data_mod.temp_name(root / "manifest.json")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(root / "manifest.json")
 
 
+def prepared_root(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> Path:
+    """The folder :func:`prepare_features` builds (or reuses) for these settings."""
+    return cache_dir / "prepared" / _digest(features_fingerprint(cfg, tokenizer_name, cache_dir))
+
+
+def _complete(root: Path) -> bool:
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    return bool(manifest.get("complete")) and all((root / d).is_dir() for d in ("train", "eval", "examples"))
+
+
 def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> tuple[Prepared, bool]:
-    """Build (or reuse) the tokenized features. Returns (prepared, built_now)."""
+    """Build (or reuse) the tokenized features. Returns (prepared, built_now). The folder is
+    built under a temporary name and renamed into place complete."""
     inputs = features_fingerprint(cfg, tokenizer_name, cache_dir)
     fp = _digest(inputs)
     root = cache_dir / "prepared" / fp
-    manifest_path = root / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("complete") and all((root / d).is_dir() for d in ("train", "eval", "examples")):
-            return Prepared(root), False
-    if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+    if _complete(root):
+        return Prepared(root), False
+    _remove_dead_temporaries(root)
+    tmp = data_mod.temp_name(root)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _build_features(cfg, tokenizer_name, cache_dir, tmp, fp, inputs)
+        if root.exists() and not _complete(root):
+            shutil.rmtree(root)  # incomplete: written in place by an older raykd
+        try:
+            tmp.rename(root)
+        except OSError:
+            # Another process renamed its complete build into place first: use that one.
+            if not _complete(root):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Prepared(root), True
+
+
+def _build_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path, root: Path, fp: str,
+                    inputs: dict[str, Any]) -> None:
     tok = models.load_tokenizer(tokenizer_name)
     train = data_mod.load_split(cfg, "train", cache_dir)
     valid = data_mod.load_split(cfg, "validation", cache_dir)
@@ -144,7 +197,6 @@ def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> t
             "complete": True,
         },
     )
-    return Prepared(root), True
 
 
 @torch.no_grad()
@@ -203,10 +255,14 @@ def prepare_teacher_logits(
     if logits.shape[:2] != expected:
         raise RuntimeError(f"teacher logits have shape {logits.shape}, expected {expected} + (L,)")
     name = f"teacher-{tfp}.npy"
-    tmp = root / (name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, logits.astype(np.float16))
-    os.replace(tmp, root / name)
+    tmp = data_mod.temp_name(root / name)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, logits.astype(np.float16))
+        os.replace(tmp, root / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     manifest.setdefault("teachers", {})[tfp] = {
         "file": name,
         "teacher": teacher_name,

@@ -27,6 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from raykd import errors, storage
 from raykd.config import RaykdConfig
 from raykd.errors import UserError
 from raykd.metrics import METRIC
@@ -54,17 +55,43 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def connect(cfg: RaykdConfig, cli_uri: str | None = None, timeout_s: float = 5.0) -> str:
-    """Point MLflow at the store and make sure it answers now, not after an hour of training."""
+def _head(path: Path, n: int = 16) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def check(cfg: RaykdConfig, cli_uri: str | None = None, timeout_s: float = 5.0) -> str:
+    """Whether the store can be used, without writing to it (a refused command leaves no store
+    behind): a server answers its health check; a local sqlite file's folder exists and the file,
+    if there, is a sqlite database; a file store is allowed. Returns the URI."""
     uri = resolve_uri(cfg, cli_uri)
+    fix = "start it, or pass --tracking-uri / --no-tracking"
     if uri.startswith(("http://", "https://")):
         import requests
 
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
         except requests.RequestException as exc:
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); "
-                                "start it, or pass --tracking-uri / --no-tracking") from None
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); {fix}") from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.parent.is_dir():
+            raise TrackingError(f"MLflow tracking store {uri}: folder {db.parent} does not exist; create it, or "
+                                "pass --tracking-uri / --no-tracking")
+        if db.exists() and (not db.is_file() or _head(db) not in (b"", b"SQLite format 3\x00")):
+            raise TrackingError(f"MLflow tracking store {uri}: {db} is not a sqlite database; "
+                                "pass another --tracking-uri or --no-tracking")
+    elif ("://" not in uri or uri.startswith("file:")) and \
+            os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        raise TrackingError(f"MLflow tracking store {uri}: MLflow 3 refuses a file store unless "
+                                "MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///<path>/mlflow.db or set it")
+    return uri
+
+
+def connect(cfg: RaykdConfig, cli_uri: str | None = None, timeout_s: float = 5.0) -> str:
+    """Point MLflow at the store (creating the experiment) once it is known to answer: after
+    :func:`check`, and after every other check, so that a refused command writes nothing."""
+    uri = check(cfg, cli_uri, timeout_s)
     mlflow.set_tracking_uri(uri)
     try:
         exp = mlflow.get_experiment_by_name(cfg.tracking.experiment_name)
@@ -142,7 +169,13 @@ class TrialRunsCallback(MLflowLoggerCallback):
         client = MlflowClient(self.tracking_uri)
         if failed:
             client.set_tag(run_id, "raykd.end", "failed")
-            client.set_tag(run_id, "raykd.error", str(getattr(trial, "error_file", "") or "see Ray logs")[:500])
+            try:
+                # The trial's local error file: the copy in storage is synced later.
+                local = Path(trial.error_file) if trial.error_file else None
+                why = errors.reason(local.read_text() if local and local.is_file() else trial.get_error())
+            except Exception:  # noqa: BLE001 -- the error file is gone or unreadable: point at it
+                why = ""
+            client.set_tag(run_id, "raykd.error", why or f"see {getattr(trial, 'error_file', None) or 'the Ray logs'}")
             status = "FAILED"
         elif not last.get("final", True):
             client.set_tag(run_id, "raykd.end", f"stopped early by ASHA after round {last.get('round')}")
@@ -189,7 +222,9 @@ def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher
         mlflow.log_dict(summary, "summary.json")
         _log_plots(summary, optuna_study)
         if best and best.get("checkpoint_path"):
-            out.update(log_student(best["checkpoint_path"], cfg, teacher, best, study=cfg.search.name))
+            # The checkpoint may live in a bucket (a cloud storage_path): logged from a local copy.
+            with storage.local_copy(best["checkpoint_path"]) as ckpt_dir:
+                out.update(log_student(ckpt_dir, cfg, teacher, best, study=cfg.search.name))
     return out
 
 

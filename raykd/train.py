@@ -28,11 +28,12 @@ import torch
 from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
-from raykd import inference, losses, models, teacher_cache
-from raykd.config import RaykdConfig
+from raykd import data as data_mod
+from raykd import inference, losses, models, storage, study_store, teacher_cache
+from raykd.config import DISTILL, FINETUNE, RaykdConfig, run_name
+from raykd.errors import TrialFailed, UserError
 from raykd.metrics import METRIC, MODE
 
-FINETUNE, DISTILL = "finetune", "distill"
 STATE_FILE = "raykd_train_state.pt"
 META_FILE = "raykd_metrics.json"
 
@@ -43,21 +44,24 @@ META_FILE = "raykd_metrics.json"
 
 def storage_root(cfg: RaykdConfig) -> str:
     path = cfg.search.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if storage.is_remote(path) else str(Path(path).expanduser().resolve())
+
+
+def study_place(cfg: RaykdConfig) -> study_store.Place:
+    """Where this config's studies are built and, with a cloud storage_path, published."""
+    return study_store.place(cfg.data.cache_dir, storage_root(cfg))
 
 
 def cache_root(cfg: RaykdConfig) -> Path:
-    if cfg.data.cache_dir:
-        return Path(cfg.data.cache_dir).expanduser().resolve()
-    root = storage_root(cfg)
-    if "://" in root:
-        raise ValueError("with a cloud storage_path, set data.cache_dir to a folder every node can read")
-    return Path(root) / "cache"
+    """Where the driver builds studies (the node-local cache when they are published)."""
+    return study_place(cfg).local
 
 
 @dataclass
 class Study:
-    """What every run of a study shares: computed once, handed to all trials."""
+    """What every run of a study shares: computed once, handed to all trials. ``prepared``,
+    ``teacher`` and ``tokenizer`` are what any node can open: a local path, a model name, or a
+    storage URI that :meth:`on_this_node` fetches into the node-local cache."""
 
     prepared: str
     teacher_file: str | None
@@ -69,10 +73,18 @@ class Study:
         the run's training (a search's trials) instead of every ``optim.eval_every_steps``."""
         return {"cfg": cfg.to_dict(), "mode": mode, "eval_rounds": eval_rounds, **self.__dict__}
 
+    def on_this_node(self, items: tuple[str, ...] = study_store.PREPARED_ITEMS) -> Study:
+        """The same study with local paths, fetched once per node when it was published."""
+        return Study(
+            str(study_store.local_prepared(self.prepared, self.teacher_file, items)), self.teacher_file,
+            study_store.local_model(self.teacher), study_store.local_model(self.tokenizer),
+        )
 
-def ensure_teacher(cfg: RaykdConfig) -> str | None:
+
+def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     """The teacher to use: ``models.teacher`` as given, or, when it is unset and
-    ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached on disk."""
+    ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached (a local
+    folder on the driver; published with the study when nodes share no filesystem)."""
     if cfg.models.teacher:
         return cfg.models.teacher
     ft = cfg.models.teacher_finetune
@@ -81,13 +93,18 @@ def ensure_teacher(cfg: RaykdConfig) -> str | None:
     key = teacher_cache._digest(
         {
             "base": teacher_cache.model_identity(ft.base),
-            "data": teacher_cache.features_fingerprint(cfg.data, ft.base, cache_root(cfg)),
+            "data": teacher_cache.features_fingerprint(cfg.data, ft.base, place.local),
             "ft": ft.__dict__,
             "seed": cfg.optim.seed,
         }
     )
-    target = cache_root(cfg) / "teachers" / key
+    target = place.local / "teachers" / key
+    remote = place.shared(str(target))
+    if place.remote and study_store.pull_model(remote, target):
+        print(f"[raykd] teacher fetched from {remote}", flush=True)
     if (target / "config.json").exists():
+        if place.remote and study_store.publish_model(target, remote):
+            print(f"[raykd] teacher published to {remote}", flush=True)
         return str(target)
     print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
     ft_cfg = RaykdConfig.from_dict(
@@ -101,21 +118,30 @@ def ensure_teacher(cfg: RaykdConfig) -> str | None:
     )
     result = fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
     best = best_checkpoint(result)
-    tmp = target.with_name(target.name + ".tmp")
+    # Copied under a temporary name and renamed: a teacher folder is whole or absent.
+    tmp = data_mod.temp_name(target)
     shutil.rmtree(tmp, ignore_errors=True)
     with best.as_directory() as d:
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
-    tmp.replace(target)
-    print(f"[raykd] teacher ready: {target} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
+    try:
+        tmp.replace(target)
+    except OSError:
+        if not (target / "config.json").exists():  # not another process's complete copy
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if place.remote:
+        study_store.publish_model(target, remote)
+    print(f"[raykd] teacher ready: {remote} ({METRIC}={best_metrics(result).get(METRIC, float('nan')):.2f})", flush=True)
     return str(target)
 
 
 def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | None = None) -> tuple[Study, dict[str, Any]]:
     """Teacher, features and (cached mode) teacher logits; returns the Study and what was done.
     ``need_logits``: prepare the teacher's logits (default: when this config distils from them;
-    a search passes True when any point of its space does)."""
-    cache = cache_root(cfg)
-    teacher = ensure_teacher(cfg) if mode == DISTILL else None
+    a search passes True when any point of its space does). With a cloud storage_path, what was
+    built or reused is published there (once) and the Study names it by URI."""
+    place = study_place(cfg)
+    teacher = ensure_teacher(cfg, place) if mode == DISTILL else None
     if mode == DISTILL and teacher is None:
         raise ValueError("distillation needs models.teacher or models.teacher_finetune.base")
     tokenizer = cfg.models.student
@@ -124,24 +150,45 @@ def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | Non
             cfg.models.student or teacher)
         models.check_tokenizers(models.load_tokenizer(teacher), models.load_tokenizer(student_tok))
         tokenizer = student_tok
-    prepared, built = teacher_cache.prepare_features(cfg.data, tokenizer, cache)
+    remote = None
+    if place.remote:
+        # Whatever an earlier search published is fetched, not rebuilt.
+        root = teacher_cache.prepared_root(cfg.data, tokenizer, place.local)
+        remote = place.shared(str(root))
+        study_store.pull_prepared(remote, root)
+    prepared, built = teacher_cache.prepare_features(cfg.data, tokenizer, place.local)
     info = {"features_built": built, "teacher_logits_computed": False, "prepared": str(prepared.root)}
+    if remote:
+        study_store.publish_prepared(prepared.root, remote)
+        info["published"] = remote
     if need_logits is None:
         need_logits = cfg.distill.alpha_ce > 0
     if mode == DISTILL and cfg.distill.teacher_mode == "cached" and need_logits:
-        prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=_remote_compute())
+        compute = _remote_compute(place.shared(str(prepared.root)), place.shared(teacher))
+        prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=compute)
         info["teacher_logits_computed"] = computed
-    return Study(str(prepared.root), prepared.teacher_file, teacher, tokenizer), info
+        if remote:
+            study_store.publish_prepared(prepared.root, remote)
+    study = Study(place.shared(str(prepared.root)), prepared.teacher_file, place.shared(teacher),
+                  place.shared(tokenizer))
+    return study, info
 
 
-def _remote_compute():
-    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process."""
+def _teacher_logits_task(teacher: str, prepared: str) -> np.ndarray:
+    """On a GPU node: fetch the teacher and the training features there, run the teacher."""
+    local = Study(prepared, None, teacher, teacher).on_this_node(items=("train",))
+    return teacher_cache.compute_teacher_logits(local.teacher, local.prepared, 256, "cuda")
+
+
+def _remote_compute(prepared: str, teacher: str):
+    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process.
+    The task gets the study's shared names (URIs when it is published), not the driver's paths."""
     if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) < 1:
         return None
 
     def compute(teacher_name: str, root: str) -> np.ndarray:
-        task = ray.remote(num_gpus=1)(teacher_cache.compute_teacher_logits)
-        return ray.get(task.remote(teacher_name, root, 256, "cuda"))
+        task = ray.remote(num_gpus=1)(_teacher_logits_task)
+        return ray.get(task.remote(teacher, prepared))
 
     return compute
 
@@ -230,8 +277,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     cached = distilling and dist.teacher_mode == "cached" and dist.alpha_ce > 0
     online = distilling and not cached and (dist.alpha_ce > 0 or dist.alpha_cos > 0)
 
-    prepared = teacher_cache.Prepared(Path(loop["prepared"]), loop.get("teacher_file"))
-    tokenizer = models.load_tokenizer(loop["tokenizer"])
+    study = Study(loop["prepared"], loop.get("teacher_file"), loop.get("teacher"), loop["tokenizer"]).on_this_node()
+    prepared = teacher_cache.Prepared(Path(study.prepared), study.teacher_file)
+    tokenizer = models.load_tokenizer(study.tokenizer)
     checkpoint = ray.train.get_checkpoint()
     state = None
     if checkpoint:
@@ -241,13 +289,13 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         state = torch.load(Path(ckpt_dir) / STATE_FILE, weights_only=False)
     else:
         student = models.build_student(cfg.models.student, cfg.models.init_from_teacher_layers,
-                                       cfg.models.init_from or loop.get("teacher"))
+                                       cfg.models.init_from or study.teacher)
     names = models.accepted_inputs(student)
     model = ray.train.torch.prepare_model(student)
     teacher = None
     if online:
         # Online mode only: in cached mode no trial ever constructs the teacher.
-        teacher = models.load_teacher(loop["teacher"]).to(device)
+        teacher = models.load_teacher(study.teacher).to(device)
         teacher_names = models.accepted_inputs(teacher)
 
     # All three inputs: an online BERT teacher needs token_type_ids even when the student does not.
@@ -317,9 +365,18 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 student_hidden=out.hidden_states[-1] if dist.alpha_cos > 0 else None,
                 teacher_hidden=t_hidden, attention_mask=batch["attention_mask"],
             )
+            values = {k: float(parts[k].detach()) for k in sums}
+            if not math.isfinite(values["loss"]):
+                # A diverged student cannot recover and its eval F1 would be meaningless: fail the
+                # trial with why, rather than train on NaNs or let it score 0 (Optuna would learn
+                # "bad hyperparameters" instead of "broken run").
+                raise TrialFailed(
+                    f"non-finite loss ({values['loss']}) at step {step + 1} of {total_steps}: "
+                    f"learning_rate {opt.learning_rate:g}, temperature {dist.temperature:g}, "
+                    f"alpha_ce {dist.alpha_ce:g}, alpha_squad {dist.alpha_squad:g}, precision {opt.precision}")
             scaler.scale(parts["loss"] / opt.grad_accum_steps).backward()
             for k in sums:
-                sums[k] += float(parts[k].detach())
+                sums[k] += values[k]
             n_micro += 1
             n_samples += len(batch["input_ids"])
             micro += 1
@@ -384,6 +441,11 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
     # Every checkpoint carries the run's metric history, so the driver can log all rounds from
     # the latest checkpoint alone (Train V2 results hold only the last report).
     history.append(metrics)
+    # Data safety: the checkpoint is written whole into a private temporary folder (every file
+    # closed, the metrics file last) before ray.train.report, which copies it into storage under
+    # Train's own name and registers it only once copied; a copy cut short is never a checkpoint
+    # Train resumes from. Train deletes checkpoints beyond keep_checkpoints as each one registers
+    # (tests/test_train_integration.py: at most keep + the latest + the one being copied).
     with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
         models.save_pretrained(model, tokenizer, d)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -402,9 +464,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """``keep_by``: the reported metric that ranks checkpoints (``round`` keeps the latest)."""
     sc = cfg.scaling
-    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
-    if sc.use_gpu:
-        resources["GPU"] = 1
+    resources = worker_resources(cfg)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -425,6 +485,81 @@ def build_trainer(
     )
 
 
+def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
+    """What one training worker asks Ray for."""
+    sc = cfg.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
+def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool] | None:
+    """(the most of each resource the cluster can ever have, what each node or node type has,
+    whether it autoscales), or None when that cannot be known. An autoscaler that publishes its
+    node types (what Ray Train itself reads to refuse a worker group that can never start) is
+    judged at its largest; an autoscaler that does not (the v1 monitor) may add anything, so
+    None; a fixed cluster has what it has now."""
+    now = ray.cluster_resources()
+    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    # Private APIs: without them, judge by what the cluster has now.
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config() or {}
+        config = state.get_cluster_config()
+        groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
+    except Exception:  # noqa: BLE001
+        most, groups = {}, []
+    if not most:
+        try:
+            from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+            from ray.autoscaler._private.util import format_readonly_node_type
+            from ray.experimental.internal_kv import _internal_kv_get
+
+            # A fixed cluster runs a read-only autoscaler too; its node types are named after
+            # the nodes. A real one (ray up) names them after the config's node types.
+            report = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}").get("autoscaler_report") or {}
+            mapping = report.get("node_type_mapping") or {}
+            if any(kind != format_readonly_node_type(node) for node, kind in mapping.items()):
+                return None
+        except Exception:  # noqa: BLE001, S110
+            pass
+    keys = set(now) | set(most)
+    return {k: max(float(now.get(k, 0)), float(most.get(k, 0))) for k in keys}, nodes + groups, bool(most)
+
+
+def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
+    """Refuse a run whose workers the cluster can never hold, instead of waiting for them
+    forever: GPUs on a cluster without any, more CPUs (or custom resources) per trial than the
+    cluster has in all, or a worker bigger than every node. ``driver_cpu``: what a search's trial
+    driver takes on top of its workers."""
+    sc = cfg.scaling
+    per_worker = worker_resources(cfg)
+    known = _cluster_capacity()
+    if known is None:
+        print("[raykd] the cluster autoscales without publishing its largest size: resources are not checked "
+              "up front", flush=True)
+        return
+    capacity, nodes, autoscales = known
+    where = f"{cfg.source}: " if cfg.source else ""
+    have = ", ".join(f"{k} {v:g}" for k, v in sorted(capacity.items()) if k in ("CPU", "GPU") or k in per_worker)
+    cluster = f"the Ray cluster{' (autoscaling, at its largest)' if autoscales else ''} has {have or 'nothing'}"
+    if sc.use_gpu and capacity.get("GPU", 0) < 1:
+        raise UserError(f"{where}scaling.use_gpu: true, but {cluster}: no GPU; set scaling.use_gpu: false or "
+                        "run on a cluster with GPUs (--address)")
+    for key, amount in per_worker.items():
+        need = amount * sc.num_workers + (driver_cpu if key == "CPU" else 0.0)
+        if need > capacity.get(key, 0.0) + 1e-9:
+            fix = ("lower scaling.num_workers or scaling.cpus_per_worker" if key == "CPU" else
+                   "lower scaling.num_workers" if key == "GPU" else f"drop scaling.resources_per_worker.{key}")
+            raise UserError(f"{where}scaling: a trial needs {key} {need:g} ({sc.num_workers} worker(s) x {amount:g}"
+                            f"{' + the trial driver' if key == 'CPU' and driver_cpu else ''}), but {cluster}; {fix}")
+    if nodes and not any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in per_worker.items()) for n in nodes):
+        raise UserError(f"{where}scaling: one worker needs {per_worker}, more than any node of the Ray cluster "
+                        "has; lower scaling.cpus_per_worker or scaling.resources_per_worker")
+
+
 def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS), else start an embedded single-node Ray."""
     if ray.is_initialized():
@@ -440,7 +575,7 @@ def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | Non
     """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
     if study is None:
         study, _ = prepare_study(cfg, mode)
-    name = name or f"{cfg.search.name}-{mode}"
+    name = name or run_name(cfg, mode)
     trainer = build_trainer(cfg, study.loop_config(cfg, mode), name)
     return trainer.fit()
 

@@ -69,3 +69,46 @@ def test_shipped_search_spaces_load():
 
     for path in sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml")):
         load_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", ["empty"]),
+        ("- a\n", ["mapping"]),
+        ("a: [1\n", ["line 2, column 1", "line 1, column 4"]),
+        ("distill:\n  temperature: 2\n  temperature: 3\n", ["line 3, column 3", "twice"]),
+        ("optim:\n  lr: 1\n", ["did you mean optim.learning_rate"]),
+        ("optim:\n  temperature: 1\n", ["did you mean distill.temperature"]),
+        ("optim:\n  learning_rate: .inf\n", ["finite"]),
+        ("distill:\n  alpha_ce: 0\n  alpha_squad: 0\n", ["all 0"]),
+        ("search:\n  name: a/b\n", ["search.name"]),
+    ],
+)
+def test_config_file_problems_are_one_line_naming_the_place(tmp_path, text, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert "\n" not in str(err.value)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_non_utf8_config_and_unknown_set_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"\xff\xfe\x00data")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(str(p))
+    with pytest.raises(ConfigError, match=r"--set optim\.lr: unknown key; did you mean optim\.learning_rate"):
+        load_config(None, ["optim.lr=1"])
+
+
+def test_grace_period_past_known_rounds_is_refused():
+    from raykd.config import check_search_plan
+
+    with pytest.raises(ConfigError, match="search.grace_period"):
+        check_search_plan(RaykdConfig.from_dict({"search": {"rounds": 3, "grace_period": 4}}))
+    with pytest.raises(ConfigError, match="2 rounds"):  # one round per epoch: ceil(num_epochs)
+        check_search_plan(RaykdConfig.from_dict({"optim": {"num_epochs": 1.5}, "search": {"grace_period": 3}}))
+    # Rounds that depend on the data size are checked once the features are counted.
+    check_search_plan(RaykdConfig.from_dict({"optim": {"eval_every_steps": 5}, "search": {"grace_period": 30}}))
+    check_search_plan(RaykdConfig.from_dict({"search": {"rounds": 3, "grace_period": 4, "scheduler": "fifo"}}))

@@ -104,14 +104,15 @@ def _trial_results(exp: Path) -> dict[str, int]:
 
 def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     """The real CLI in a subprocess (its own Ray), interrupted with SIGINT (Ctrl-C) after its
-    first trial finished: it exits 130, says how to resume, prunes and registers nothing, and
+    first trial finished, during its second and last (Tune has every trial it will run, so only its
+    saved state tells the running one from a finished one): it exits 130, says how to resume, prunes and registers nothing, and
     marks the open MLflow runs KILLED. --resume then completes the study: the finished trial is not
     run again, the unfinished one continues from its checkpoint in its own child run, and the
     study has exactly one child run per trial."""
     import mlflow
     from mlflow import MlflowClient
 
-    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 3, {
+    cfg_path = _space_yaml(tmp_path, tiny_models, "resume", 2, {
         "optim": {"num_epochs": 2, "batch_size": 16, "eval_every_steps": 5, "warmup_ratio": 0.0},
         "tracking": {"enabled": True, "experiment_name": "resume"},
     })
@@ -142,6 +143,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
             proc.wait()
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out and "--resume" in out.splitlines()[-1], out[-2000:]
+    assert "interrupted: 1 trial(s) unfinished" in out, out[-2000:]
     assert not (exp / search.SUMMARY).exists()
     client = MlflowClient(uri)
     assert not client.search_registered_models()  # nothing registered
@@ -154,12 +156,18 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     after = _trial_results(exp)
     assert after[finished] == before[finished]  # not run again
     summary = json.loads((exp / search.SUMMARY).read_text())
-    assert len(summary["trials"]) == 3 and not summary["interrupted"]
+    assert len(summary["trials"]) == 2 and not summary["interrupted"]
     assert all(r["status"] in ("COMPLETED", "STOPPED") for r in summary["trials"]), summary["trials"]
-    # A resumed trial continued where it stopped: its rounds run 1..n without a restart.
+    # A resumed trial continued where it stopped: Tune's results after the resume never repeat a
+    # round, and the summary holds each trial's whole curve, rounds 1..n (those before the resume
+    # from its checkpoint's history), its score taken over all of them.
     for reports in _results(exp).values():
         rounds = [r["round"] for r in reports]
-        assert rounds == sorted(set(rounds)) and rounds[0] == 1, rounds
+        assert rounds == sorted(set(rounds)), rounds
+    for row in summary["trials"]:
+        rounds = [r for r, _ in row["curve"]]
+        assert rounds == list(range(1, row["rounds"] + 1)), row
+        assert row[METRIC] == pytest.approx(max(f for _, f in row["curve"]))
     mlflow.set_tracking_uri(uri)
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     studies = [r for r in runs if r.data.tags.get("raykd.kind") == "study"]
@@ -219,3 +227,92 @@ def test_every_searched_value_takes_effect_and_every_trial_runs_its_schedule(loc
         assert t["state"] == "COMPLETE"
         row = next(r for r in rows if r["data.doc_stride"] == t["params"]["data.doc_stride"])
         assert t["value"] == pytest.approx(row[METRIC], abs=1e-9)
+
+
+def test_a_trial_with_a_nan_loss_fails_with_its_reason_while_the_study_goes_on(local_ray, tmp_path, tiny_models):
+    """A learning rate of 1e30 blows the student up within two steps: that trial is FAILED with
+    the non-finite loss as its reason (summary, Optuna, its MLflow run), the other completes and
+    is the best."""
+    from mlflow import MlflowClient
+
+    path = _space_yaml(tmp_path, tiny_models, "nan", 2, {
+        "data": {"synthetic": True, "synthetic_train_size": 80, "synthetic_eval_size": 20,
+                 "max_length": 64, "doc_stride": 32},
+        "optim": {"num_epochs": 1, "batch_size": 16, "eval_every_steps": 2, "warmup_ratio": 0.0},
+        "search": {"name": "nan", "storage_path": str(tmp_path / "results"), "num_samples": 2, "rounds": 2,
+                   "scheduler": "fifo", "seed": 1, "n_startup_trials": 2,
+                   "points_to_evaluate": [{"optim.learning_rate": 1e30}, {"optim.learning_rate": 3e-3}]},
+        "tracking": {"enabled": True, "experiment_name": "nan"},
+        "space": {"optim.learning_rate": {"type": "choice", "values": [3e-3, 1e30]}},
+    })
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = run.search(load_config(str(path)), tracking_uri=uri)
+    rows = {r["optim.learning_rate"]: r for r in summary["trials"]}
+    assert rows[1e30]["status"] == "FAILED", rows
+    assert rows[1e30]["error"].startswith("non-finite loss") and "learning_rate 1e+30" in rows[1e30]["error"]
+    assert "\n" not in rows[1e30]["error"]
+    assert rows[3e-3]["status"] == "COMPLETED" and summary["best"]["trial_id"] == rows[3e-3]["trial_id"]
+    assert not summary["interrupted"]
+    assert sorted(t["state"] for t in summary["optuna_trials"]) == ["COMPLETE", "FAIL"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("nan").experiment_id],
+                              "tags.`raykd.kind` = 'trial'")
+    by_trial = {r.data.tags["raykd.trial_id"]: r for r in runs}
+    failed = by_trial[rows[1e30]["trial_id"]]
+    assert failed.info.status == "FAILED" and failed.data.tags["raykd.error"].startswith("non-finite loss")
+    assert by_trial[rows[3e-3]["trial_id"]].info.status == "FINISHED"
+
+
+def test_a_killed_training_worker_resumes_from_its_checkpoint(local_ray, tmp_path, tiny_models):
+    """With scaling.max_failures 1, the trial's training worker is SIGKILLed (by its pid) once its
+    first round is reported: Train restarts the worker group from that round's checkpoint and the
+    trial reports every round once, in order, through its final one."""
+    import threading
+
+    from ray.util.state import list_actors
+
+    path = _space_yaml(tmp_path, tiny_models, "kill", 1, {
+        "optim": {"num_epochs": 4, "batch_size": 8, "eval_every_steps": 5, "warmup_ratio": 0.0},
+        "scaling": {"num_workers": 1, "max_failures": 1},
+        "search": {"name": "kill", "storage_path": str(tmp_path / "results"), "num_samples": 1, "rounds": 4,
+                   "scheduler": "fifo", "seed": 1, "n_startup_trials": 1},
+        "space": {"optim.learning_rate": {"type": "choice", "values": [3e-3]},
+                  "distill.temperature": {"type": "choice", "values": [2.0]}},
+    })
+    exp = tmp_path / "results" / "kill"
+    killed: list[int] = []
+    problems: list[BaseException] = []
+    done = threading.Event()
+
+    def kill_after_first_round():
+        # Round 1's checkpoint, written by the worker straight to storage, says round 1 is reported.
+        try:
+            while not done.is_set():
+                if list((exp / search.TRAIN_RUNS).glob("*/checkpoint_*")):
+                    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                    if workers:
+                        os.kill(workers[0].pid, signal.SIGKILL)
+                        killed.append(workers[0].pid)
+                        return
+                done.wait(0.2)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the test below
+            problems.append(exc)
+
+    killer = threading.Thread(target=kill_after_first_round, daemon=True)
+    killer.start()
+    try:
+        summary = run.search(load_config(str(path)))
+    finally:
+        done.set()
+        killer.join(timeout=30)
+    assert not problems, problems
+    assert killed, "the worker was never killed"
+    (reports,) = _results(exp).values()
+    rounds = [r["round"] for r in reports]
+    assert rounds == [1, 2, 3, 4], rounds  # a restart from scratch would report round 1 again
+    assert reports[-1]["final"] and reports[-1]["learning_rate"] == 0.0
+    (row,) = summary["trials"]
+    assert row["status"] == "COMPLETED" and row["rounds"] == 4
+    # The killed worker is gone and a new one ran the rest of the trial.
+    assert all(a.pid != killed[0] for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                                                 ("state", "=", "ALIVE")]))

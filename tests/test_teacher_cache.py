@@ -90,3 +90,51 @@ def test_cached_and_online_kd_agree_to_fp16_tolerance(tmp_path, data_cfg, tiny_m
     online = losses.span_kd_loss(s.start_logits, s.end_logits, t.start_logits, t.end_logits, batch["span_mask"], 2.0)
     from_cache = losses.span_kd_loss(s.start_logits, s.end_logits, cached[:, 0], cached[:, 1], batch["span_mask"], 2.0)
     assert from_cache.item() == pytest.approx(online.item(), rel=2e-3, abs=1e-4)
+
+
+def _leftovers(root):
+    return sorted(p.name for p in root.rglob("*.tmp-*"))
+
+
+def test_a_build_killed_midway_leaves_no_prepared_folder(tmp_path, data_cfg, tiny_models, monkeypatch):
+    """Features are built under a temporary name and renamed whole: a build that dies while
+    writing leaves no folder a later run would take for prepared, and the next build succeeds."""
+    teacher = str(tiny_models["bert"])
+    real = teacher_cache.data_mod.build_features
+
+    def dies_on_eval(examples, tok, max_length, doc_stride, train):
+        if not train:
+            raise KeyboardInterrupt  # as if killed after the training features were written
+        return real(examples, tok, max_length, doc_stride, train)
+
+    monkeypatch.setattr(teacher_cache.data_mod, "build_features", dies_on_eval)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prepared = tmp_path / "prepared"
+    assert not [p for p in prepared.iterdir() if not p.name.startswith(".")] and not _leftovers(tmp_path)
+    monkeypatch.setattr(teacher_cache.data_mod, "build_features", real)
+    prep, built = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    assert built and prep.manifest()["complete"] and not _leftovers(tmp_path)
+
+
+def test_temporaries_of_a_dead_process_are_removed_and_logits_are_renamed_into_place(tmp_path, data_cfg, tiny_models):
+    teacher = str(tiny_models["bert"])
+    fp_dir = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)[0].root
+    # A build of another fingerprint by a process of this host that died (pid 2**22 + 1 is past
+    # Linux's pid_max default range, so no live process has it).
+    dead = teacher_cache.data_mod.temp_name(fp_dir.with_name("other")).name.rsplit("-", 1)[0] + f"-{2**22 + 1}"
+    (fp_dir.parent / dead).mkdir()
+    data_cfg.max_length = 96
+    prep, _ = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    assert (fp_dir.parent / dead).exists()  # another fingerprint's: not this build's to remove
+    teacher_cache._remove_dead_temporaries(fp_dir.with_name("other"))
+    assert not (fp_dir.parent / dead).exists()
+
+    def dies(teacher_name, root):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        teacher_cache.prepare_teacher_logits(prep, teacher, dies)
+    assert not list(prep.root.glob("teacher-*")) and not _leftovers(tmp_path)
+    prep, computed = teacher_cache.prepare_teacher_logits(prep, teacher, _counting([]))
+    assert computed and (prep.root / prep.teacher_file).is_file() and not _leftovers(tmp_path)

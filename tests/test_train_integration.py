@@ -96,3 +96,39 @@ def test_learning_a_learnable_task(tmp_path):
     })
     result = train.fit(cfg, train.FINETUNE)
     assert train.best_metrics(result)[METRIC] >= 30.0
+
+
+def test_disk_use_stays_bounded_by_keep_checkpoints_during_the_run(tmp_path, tiny_models):
+    """Train V2 deletes checkpoints beyond num_to_keep as each new one registers, not at the end.
+    While a run reports, its storage holds at most keep_checkpoints best + the latest registered
+    (kept for resume) + the next one, which the worker uploads while the controller handles the
+    last report; a finished run holds keep_checkpoints + 1 (a finished search prunes to keep)."""
+    cfg = _cfg(tmp_path, tiny_models["bert"], tiny_models["distilbert"], search__keep_checkpoints=1,
+               search__name="disk", optim__num_epochs=1, optim__eval_every_steps=2)
+    study, _ = train.prepare_study(cfg, train.DISTILL)
+    run_dir = tmp_path / "results" / "disk"
+
+    class CountCheckpoints(ray.train.UserCallback):
+        """Counts the run's checkpoint folders in storage after every report, into a file. It
+        runs in Train's controller, after Train's checkpoint manager has handled the report
+        (defined here so that it is pickled by value)."""
+
+        def __init__(self, run_dir, out):
+            self.run_dir, self.out = str(run_dir), str(out)
+
+        def after_report(self, run_context, metrics, checkpoint):
+            import pathlib
+
+            n = sum(p.is_dir() for p in pathlib.Path(self.run_dir).glob("checkpoint_*"))
+            with open(self.out, "a") as f:
+                f.write(f"{n}\n")
+
+    counts = tmp_path / "counts.txt"
+    trainer = train.build_trainer(cfg, study.loop_config(cfg, train.DISTILL), name="disk",
+                                  callbacks=[CountCheckpoints(run_dir, counts)])
+    trainer.fit()
+    seen = [int(x) for x in counts.read_text().split()]
+    keep = cfg.search.keep_checkpoints
+    assert len(seen) >= 5  # more reports than the bound
+    assert max(seen) <= keep + 2, seen
+    assert sum(p.is_dir() for p in run_dir.glob("checkpoint_*")) <= keep + 1

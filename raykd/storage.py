@@ -1,0 +1,112 @@
+"""Files under ``search.storage_path``, whatever it is: a local folder, or a URI that pyarrow's
+filesystems understand (``s3://``, ``gs://``, ``file://``, ...), the same layer Ray Train and Tune
+write checkpoints and experiment state through. Credentials and endpoints come from the usual
+environment (an instance profile, ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` for an S3-compatible
+server).
+
+Owns: resolving a location to (filesystem, path), copying files and folders up and down, small
+text files (summary, run ids), and turning the scheme-less paths Ray reports back into URIs.
+Nothing here knows about studies, trials or Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_remote(location: str) -> bool:
+    """A URI (``s3://``, ``gs://``, ...) rather than a path on this machine."""
+    return "://" in str(location)
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) of a local path or a URI."""
+    if is_remote(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI alike."""
+    return "/".join([str(base).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def as_uri(path: str | None, like: str) -> str | None:
+    """Ray reports checkpoint paths inside their filesystem (``bucket/key`` for S3); give such a
+    path the scheme of ``like`` (the storage it lives in) so it can be opened again."""
+    if not path or is_remote(path) or not is_remote(like):
+        return path
+    return f"{like.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_text(location: str) -> str | None:
+    """The file's text, or None when there is no such file."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")
+
+
+def write_text(location: str, text: str) -> None:
+    """Write whole: readers see the old file or the new one (a rename on local disks; object
+    stores publish an object only once it is complete)."""
+    fs, path = filesystem(location)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = path + ".tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(text.encode("utf-8"))
+        fs.move(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def upload(local: Path, location: str) -> None:
+    """Copy a local file or folder (recursively) to ``location``."""
+    fs, path = filesystem(location)
+    if local.is_dir():
+        fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def download(location: str, local: Path) -> None:
+    """Copy a file or folder (recursively) from ``location`` to the local path ``local``."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(location)
+    if info.type == pafs.FileType.Directory:
+        local.mkdir(parents=True, exist_ok=True)
+    else:
+        local.parent.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[str]:
+    """A local folder holding ``location``'s files: the folder itself when it is local, else a
+    temporary download removed on exit."""
+    if not is_remote(location):
+        yield location
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="raykd-download-"))
+    try:
+        download(location, tmp / "data")
+        yield str(tmp / "data")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,326 @@
+"""A catalogue of bad input, each tried through the real CLI (``python cli.py ...``) in a
+subprocess: exit status 2, at most two short lines on stderr naming the culprit, no traceback,
+and nothing left behind (no experiment folder, no MLflow store or run, no cache) in the working
+directory, which also holds the storage path. ``--debug`` adds the traceback.
+
+Almost every case is refused before Ray starts; the two that need the cluster's resources
+(a GPU, CPUs) start a local Ray and are refused right after it connects (marked integration).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Case:
+    id: str
+    expect: list[str]                                   # substrings of the stderr message
+    set: dict = field(default_factory=dict)             # dotted keys changed in the good config
+    text: str | bytes | None = None                     # the config file's content, instead of the good config
+    args: list[str] = field(default_factory=list)       # extra CLI arguments
+    command: str = "search"
+    env: dict = field(default_factory=dict)
+    before: str | None = None                           # a setup step (see _before)
+    ray: bool = False                                   # refused after Ray connects
+
+
+def _squad(paragraphs) -> str:
+    return json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]})
+
+
+QA = {"id": "q1", "question": "Where?", "answers": [{"text": "Oslo", "answer_start": 9}]}
+CLOSED = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+
+CATALOGUE = [
+    # The config file itself.
+    Case("yaml-syntax", ["bad.yaml", "not valid YAML", "line 3, column 1", "line 2, column 15"], text="data:\n  max_length: [96\n"),
+    Case("yaml-tab-indent", ["bad.yaml", "not valid YAML", "line"], text="data:\n\tmax_length: 96\n"),
+    Case("empty-config", ["bad.yaml", "empty"], text=""),
+    Case("comments-only-config", ["bad.yaml", "empty"], text="# nothing here\n"),
+    Case("list-config", ["bad.yaml", "mapping"], text="- data\n- models\n"),
+    Case("binary-config", ["bad.yaml", "UTF-8"], text=b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"),
+    Case("config-missing", ["nowhere.yaml", "no such config file"], args=["--config", "nowhere.yaml"]),
+    Case("duplicate-key", ["bad.yaml", "temperature", "twice"],
+         text="distill:\n  temperature: 2\n  temperature: 3\n"),
+    # Keys and types.
+    Case("typo-key", ["distill.temprature", "did you mean distill.temperature"], set={"distill.temprature": 2}),
+    Case("key-in-wrong-section", ["optim.temperature", "did you mean distill.temperature"],
+         set={"optim.temperature": 2}),
+    Case("unknown-section", ["optimizer", "did you mean optim"], set={"optimizer.lr": 1}),
+    Case("unknown-set-key", ["--set optim.lr", "did you mean optim.learning_rate"], args=["--set", "optim.lr=1e-4"]),
+    Case("set-without-value", ["--set", "key=value"], args=["--set", "optim.learning_rate"]),
+    Case("wrong-type-int", ["optim.batch_size", "integer"], set={"optim.batch_size": "sixteen"}),
+    Case("wrong-type-bool", ["scaling.use_gpu", "true/false"], set={"scaling.use_gpu": "maybe"}),
+    Case("wrong-choice", ["distill.teacher_mode", "one of"], set={"distill.teacher_mode": "sometimes"}),
+    Case("infinite-lr", ["optim.learning_rate", "finite"], set={"optim.learning_rate": float("inf")}),
+    # Impossible values.
+    Case("temperature-zero", ["distill.temperature", "> 0"], set={"distill.temperature": 0}),
+    Case("temperature-negative", ["distill.temperature", "> 0"], set={"distill.temperature": -1.5}),
+    Case("alpha-negative", ["distill.alpha_ce", "[0, 1]"], set={"distill.alpha_ce": -0.1}),
+    Case("alphas-all-zero", ["distill", "all 0"], set={"distill.alpha_ce": 0, "distill.alpha_squad": 0}),
+    Case("lr-zero", ["optim.learning_rate", "> 0"], set={"optim.learning_rate": 0}),
+    Case("batch-size-zero", ["optim.batch_size", "> 0"], set={"optim.batch_size": 0}),
+    Case("stride-not-below-length", ["data.doc_stride", "max_length=96"], set={"data.doc_stride": 96}),
+    Case("workers-zero", ["scaling.num_workers", "> 0"], set={"scaling.num_workers": 0}),
+    Case("num-samples-zero", ["search.num_samples", "> 0"], args=["--num-samples", "0"]),
+    Case("grace-past-rounds", ["search.grace_period", "5", "3 rounds"],
+         set={"search.rounds": 3, "search.grace_period": 5}),
+    Case("experiment-name-path", ["search.name", "plain folder name"], set={"search.name": "../elsewhere"}),
+    # The search space.
+    Case("space-typo", ["space.distill.temprature", "did you mean distill.temperature"],
+         set={"space": {"distill.temprature": {"type": "uniform", "low": 1, "high": 4}}}),
+    Case("space-alphas-can-all-be-zero", ["space.distill.alpha_ce", "every alpha"],
+         set={"space": {"distill.alpha_ce": {"type": "choice", "values": [0.0, 0.5]},
+                        "distill.alpha_squad": {"type": "choice", "values": [0.0, 1.0]}}}),
+    # Data files.
+    Case("train-file-missing", ["data.train_file", "missing.json", "no such file"],
+         set={"data.train_file": "missing.json"}),
+    Case("train-file-empty", ["data.train_file", "empty"], before="data:empty"),
+    Case("train-file-binary", ["data.train_file", "binary"], before="data:binary"),
+    Case("train-file-not-json", ["data.train_file", "not JSON", "line 1"], before="data:notjson"),
+    Case("train-file-no-data-key", ["data.train_file", "missing 'data'"], before="data:nodata"),
+    Case("train-file-no-context", ["data.train_file", "data[0].paragraphs[0]", "missing 'context'"],
+         before="data:nocontext"),
+    Case("train-file-no-answers", ["data.train_file", "qas[0]", "missing 'answers'"], before="data:noanswers"),
+    Case("answer-start-mismatch", ["data.train_file", "2 of 2 questions", "answer_start"], before="data:offsets"),
+    Case("squad-v2-file", ["data.train_file", "SQuAD v2.0"], before="data:v2"),
+    Case("validation-file-is-folder", ["data.validation_file", "is a folder"], before="data:folder"),
+    Case("hub-dataset-offline", ["data.dataset_name", "squad", "OFFLINE", "data.train_file"],
+         set={"data.train_file": None, "data.validation_file": None}),
+    # Models.
+    Case("student-folder-missing", ["models.student", "./no-such-model", "no such folder"],
+         set={"models.student": "./no-such-model"}),
+    Case("teacher-without-weights", ["models.teacher", "holds no weights"], before="model:noweights"),
+    Case("teacher-file-not-folder", ["models.teacher", "is a file"], before="model:file"),
+    Case("hub-id-offline", ["models.teacher", "someone/some-bert", "HF_HUB_OFFLINE", "folder"],
+         set={"models.teacher": "someone/some-bert"}),
+    Case("hub-unreachable", ["models.teacher", "someone/some-bert", "unreachable", "folder"],
+         set={"models.teacher": "someone/some-bert"},
+         env={"HF_HUB_OFFLINE": None, "TRANSFORMERS_OFFLINE": None, "HF_ENDPOINT": CLOSED}),
+    Case("max-length-above-positions", ["data.max_length", "300", "256"],
+         set={"data.max_length": 300, "data.doc_stride": 64}),
+    Case("layers-out-of-range", ["models.init_from_teacher_layers", "0..3"],
+         set={"models.init_from_teacher_layers": [0, 7]}),
+    Case("no-teacher", ["models.teacher", "needs a teacher"], set={"models.teacher": None}),
+    Case("different-vocabularies", ["models.student", "vocabulary"], before="model:othervocab"),
+    Case("missing-package-model", ["models.student", "not installed"],
+         set={"models.student": "pkg:no_such_raykd_package/model"}),
+    # The experiment folder and the tracking store.
+    Case("experiment-exists", ["search.name", "already exists", "--resume", "--overwrite"], before="experiment"),
+    Case("train-run-exists", ["search.name", "already exists", "--overwrite"], command="train",
+         before="experiment:train"),
+    Case("resume-nothing", ["--resume", "no experiment"], args=["--resume"]),
+    Case("resume-and-overwrite", ["--resume", "--overwrite", "choose one"], args=["--resume", "--overwrite"],
+         before="experiment"),
+    Case("mlflow-unreachable", ["MLflow", "unreachable", "--no-tracking"], args=["--tracking-uri", CLOSED]),
+    Case("mlflow-sqlite-folder-missing", ["MLflow", "does not exist"],
+         args=["--tracking-uri", "sqlite:////no/such/folder/mlflow.db"]),
+    # Evaluate.
+    Case("evaluate-model-without-weights", ["--model", "holds no weights"], command="evaluate",
+         before="model:noweights"),
+    Case("evaluate-data-not-json", ["--data", "not JSON"], command="evaluate", before="data:notjson"),
+    Case("evaluate-stride", ["--doc-stride", "--max-length"], command="evaluate",
+         args=["--max-length", "64", "--doc-stride", "64"]),
+    # Resources the cluster can never provide (local Ray: 2 CPUs here, no GPU).
+    Case("gpu-without-gpus", ["scaling.use_gpu", "no GPU"], set={"scaling.use_gpu": True}, ray=True),
+    Case("more-cpus-than-cluster", ["scaling", "CPU", "cpus_per_worker"], command="train",
+         set={"scaling.cpus_per_worker": 64}, ray=True),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_models):
+    """Good inputs outside the cases' working directories: models, data and a good config."""
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    from raykd import synthetic
+
+    root = tmp_path_factory.mktemp("world")
+    (root / "train.json").write_text(json.dumps(synthetic.generate(20, seed=1)))
+    (root / "dev.json").write_text(json.dumps(synthetic.generate(8, seed=2)))
+    # A model folder without weights (config and tokenizer only).
+    bare = root / "bare"
+    bare.mkdir()
+    for f in tiny_models["bert"].iterdir():
+        if f.suffix != ".safetensors":
+            (bare / f.name).write_bytes(f.read_bytes())
+    # A student with its own small vocabulary.
+    other = root / "othervocab"
+    other.mkdir()
+    vocab = other / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nwhere\noslo\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(other)
+    BertForQuestionAnswering(BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=16, max_position_embeddings=256)).save_pretrained(other)
+    files = {
+        "empty": "",
+        "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 4,
+        "notjson": "version: 1.1\ndata: []\n",
+        "nodata": json.dumps({"version": "1.1", "articles": []}),
+        "nocontext": _squad([{"text": "Born in Oslo.", "qas": [QA]}]),
+        "noanswers": _squad([{"context": "Born in Oslo.", "qas": [{"id": "q", "question": "Where?"}]}]),
+        "offsets": _squad([{"context": "Born in Oslo. Lives in Rome.", "qas": [
+            QA, {"id": "q2", "question": "Lives?", "answers": [{"text": "Rome", "answer_start": 0}]}]}]),
+        "v2": _squad([{"context": "Born in Oslo.", "qas": [{**QA, "answers": [], "is_impossible": True}]}]),
+    }
+    for name, content in files.items():
+        path = root / f"{name}.json"
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    (root / "folder.json").mkdir()
+    (root / "file-model").write_text("not a model")
+    good = {
+        "data": {"train_file": str(root / "train.json"), "validation_file": str(root / "dev.json"),
+                 "max_length": 96, "doc_stride": 32},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"])},
+        "optim": {"num_epochs": 1, "batch_size": 8},
+        "search": {"name": "bad", "storage_path": "results", "num_samples": 2},
+        "tracking": {"experiment_name": "bad"},
+    }
+    return {"root": root, "good": good, "bare": bare, "othervocab": other}
+
+
+def _setdotted(raw: dict, key: str, value) -> None:
+    if key == "space":
+        raw["space"] = value
+        return
+    section, _, rest = key.partition(".")
+    node = raw.setdefault(section, {})
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _before(case: Case, world, cwd: Path, raw: dict) -> None:
+    """Set-up a case needs: a bad data file or model in the config, an existing experiment."""
+    if not case.before:
+        return
+    kind, _, what = case.before.partition(":")
+    root = world["root"]
+    if kind == "data":
+        key = "data.validation_file" if what == "folder" else "data.train_file"
+        _setdotted(raw, key, str(root / f"{what}.json"))
+        case.args += ["--data", str(root / f"{what}.json")] if case.command == "evaluate" else []
+    elif kind == "model":
+        path = {"noweights": world["bare"], "file": root / "file-model", "othervocab": world["othervocab"]}[what]
+        _setdotted(raw, "models.student" if what == "othervocab" else "models.teacher", str(path))
+        case.args += ["--model", str(path)] if case.command == "evaluate" else []
+    elif kind == "experiment":
+        name = "bad-distill" if what == "train" else "bad"
+        (cwd / "results" / name).mkdir(parents=True)
+        (cwd / "results" / name / "keep.txt").write_text("an earlier run's files")
+
+
+def _snapshot(path: Path) -> dict[str, int]:
+    return {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*")}
+
+
+def _run(case: Case, world, cwd: Path, debug: bool = False):
+    raw = json.loads(json.dumps(world["good"]))
+    for key, value in case.set.items():
+        _setdotted(raw, key, value)
+    case = Case(**{**case.__dict__, "args": list(case.args)})
+    _before(case, world, cwd, raw)
+    config = cwd / "bad.yaml"
+    if case.text is not None:
+        config.write_bytes(case.text) if isinstance(case.text, bytes) else config.write_text(case.text)
+    else:
+        config.write_text(yaml.safe_dump(raw))
+    if case.command == "evaluate":
+        args = ["evaluate", "--model", str(world["good"]["models"]["student"]),
+                "--data", world["good"]["data"]["validation_file"], *case.args]
+    else:
+        args = [case.command] + ([] if "--config" in case.args else ["--config", str(config)]) + case.args
+    if debug:
+        args.append("--debug")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    for k, v in case.env.items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    # Ray's files go to a folder of this case (short: Ray's socket paths have a length limit), so
+    # the test sees whether Ray started at all.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
+    env["RAY_TMPDIR"] = str(ray_tmp)
+    before = _snapshot(cwd)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        # Whatever the CLI started (a local Ray) is in its process group: stop what is left of it.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        ray_started = any(ray_tmp.iterdir())
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return Result(proc.returncode, out, err, before, _snapshot(cwd), ray_started)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    before: dict
+    after: dict
+    ray_started: bool
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.ray else [])
+                                  for c in CATALOGUE])
+def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_path):
+    r = _run(case, world, tmp_path)
+    lines = [x for x in r.err.splitlines() if x.strip()]
+    assert r.code == 2, f"exit {r.code}\nstdout: {r.out[-1500:]}\nstderr: {r.err[-3000:]}"
+    assert "Traceback" not in r.err and "Traceback" not in r.out
+    errors = [x for x in lines if x.startswith("raykd: error: ")]
+    assert len(errors) == 1 and len(lines) <= 2 and len(errors[0]) <= 400, r.err
+    for word in case.expect:
+        assert word in errors[0], f"{word!r} not in: {errors[0]}"
+    # Nothing half-written: the working directory (which holds the storage path and the default
+    # MLflow store) is as it was.
+    assert r.after == r.before, set(r.after) ^ set(r.before)
+    assert r.ray_started == case.ray, "refused before Ray starts" if not case.ray else "refused once Ray connected"
+
+
+def test_debug_shows_the_traceback(world, tmp_path):
+    case = next(c for c in CATALOGUE if c.id == "train-file-no-context")
+    r = _run(case, world, tmp_path, debug=True)
+    assert r.code == 2 and "Traceback" in r.err and "raykd: error: " in r.err.splitlines()[-1]
+    assert r.after == r.before
+
+
+def test_the_catalogue_covers_the_issue():
+    assert len(CATALOGUE) >= 25
+    kinds = {c.id for c in CATALOGUE}
+    for wanted in ("yaml-syntax", "empty-config", "binary-config", "typo-key", "alphas-all-zero",
+                   "max-length-above-positions", "gpu-without-gpus", "more-cpus-than-cluster", "train-file-missing",
+                   "answer-start-mismatch", "student-folder-missing", "hub-id-offline", "different-vocabularies",
+                   "experiment-exists", "mlflow-unreachable"):
+        assert wanted in kinds
