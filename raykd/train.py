@@ -331,6 +331,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     history: list[dict[str, Any]] = list(state.get("history", [])) if state else []
     sums = {"loss": 0.0, "kd": 0.0, "ce": 0.0, "cos": 0.0}
     n_micro, n_samples, t0 = 0, 0, time.perf_counter()
+    run_t0, run_step0 = t0, step  # for the ETA of a long run (a resumed one counts from here)
     model.train()
     micro = 0
     epoch = step // steps_per_epoch
@@ -398,7 +399,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
                 train_metrics["train_features"] = len(train_ds)
                 _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, step >= total_steps,
                         steps_per_epoch, train_metrics, eval_feats, examples, device, amp_dtype, history,
-                        f"{label} round {rnd}/{planned}")
+                        f"{label} round {rnd}/{planned}", _progress(step, total_steps, run_step0, run_t0))
                 sums = dict.fromkeys(sums, 0.0)
                 n_micro, n_samples, t0 = 0, 0, time.perf_counter()
                 model.train()
@@ -408,8 +409,19 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         epoch += 1
 
 
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _progress(step: int, total_steps: int, step0: int, t0: float) -> str:
+    """", 1m12s elapsed, ETA 3m40s": the run's pace so far (evaluations included), to its last step."""
+    spent = time.perf_counter() - t0
+    left = (total_steps - step) * spent / max(step - step0, 1)
+    return f", {_minutes(spent)} elapsed, ETA {_minutes(left)}"
+
+
 def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final, steps_per_epoch,
-            train_metrics, eval_feats, examples, device, amp_dtype, history, label) -> None:
+            train_metrics, eval_feats, examples, device, amp_dtype, history, label, progress="") -> None:
     metrics: dict[str, Any] = {
         # Where this run's rank 0 ran (which node of a cluster), for the record.
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -435,7 +447,8 @@ def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final,
     # through its logger).
     sys.stdout.write(
         f"{label} step {step} epoch {metrics['epoch']:.2f}: "
-        f"{METRIC}={scores['f1']:.2f} EM={scores['exact_match']:.2f} loss={train_metrics['train_loss']:.4f}\n"
+        f"{METRIC}={scores['f1']:.2f} EM={scores['exact_match']:.2f} loss={train_metrics['train_loss']:.4f}"
+        f"{progress}\n"
     )
     sys.stdout.flush()
     # Every checkpoint carries the run's metric history, so the driver can log all rounds from
