@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite_arg(p)
     p.add_argument("--num-samples", type=int, default=None, help="override search.num_samples")
     _common_args(p)
+
+    p = sub.add_parser("export", help="write a saved student as ONNX (optionally int8), check it against "
+                                      "PyTorch and time it in ONNX Runtime")
+    p.add_argument("--model", required=True, help="model folder (save_pretrained format), e.g. a trial's checkpoint")
+    p.add_argument("--onnx", required=True, metavar="DIR",
+                   help="folder to write model.onnx, the tokenizer and export_report.json to")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write model.int8.onnx (dynamic quantization) and measure it")
+    p.add_argument("--max-length", type=int, default=384,
+                   help="tokens per input for the parity check and the latency (the study's data.max_length)")
+    p.add_argument("--latency-device", choices=["cpu", "cuda"], default=None,
+                   help="where ONNX Runtime runs (default cpu; cuda needs onnxruntime-gpu)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs; the median is reported (default 50)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
+    p.add_argument("--overwrite", action="store_true", help="write into a folder that already holds files")
+    _common_args(p)
     return parser
 
 
@@ -150,6 +167,23 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from raykd import onnx_export, preflight
+    from raykd.config import LatencyConfig
+
+    flags = {"device": args.latency_device, "runs": args.runs, "warmup_runs": args.warmup, "threads": args.threads}
+    names = {"device": "--latency-device", "runs": "--runs", "warmup_runs": "--warmup", "threads": "--threads"}
+    lc = LatencyConfig(**{k: v for k, v in flags.items() if v is not None})
+    preflight.check_export(args.model, args.onnx, args.max_length, args.overwrite, lc, names)
+    report = onnx_export.export_student(args.model, args.onnx, args.max_length, args.quantize, lc)
+    print("\n".join(onnx_export.summary_lines(report)))
+    if not report.parity.ok:
+        print(f"raykd: error: the ONNX model's logits differ from PyTorch's by {report.parity.max_abs_diff:.3g}, "
+              f"more than {report.parity.tolerance:g}; do not serve it", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the exact --resume command
@@ -158,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "finetune"):
             return cmd_run(args, "distill" if args.command == "train" else "finetune")
-        return {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "search": cmd_search}[args.command](args)
+        return {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "search": cmd_search,
+                "export": cmd_export}[args.command](args)
     except UserError as exc:
         if args.debug:
             traceback.print_exc()

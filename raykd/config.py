@@ -163,6 +163,34 @@ class TrackingConfig:
 
 
 @dataclass
+class LatencyConfig:
+    """How a student's serving cost is measured (raykd.onnx_export, raykd.latency): in ONNX Runtime,
+    at ``batch_size`` and the study's ``data.max_length``, the median of ``runs`` timed runs after
+    ``warmup_runs`` untimed ones. ``cli.py export`` builds it from its flags; not yet a section
+    of a YAML config (the Pareto search, issue 14, is to read it from there)."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = 1
+    warmup_runs: int = 10
+    runs: int = 50
+    # ONNX Runtime's intra-op threads; None: its default (one per physical core).
+    threads: int | None = None
+
+
+def check_latency(lc: LatencyConfig, where: str = "latency", names: dict[str, str] | None = None) -> None:
+    """``names``: how the caller calls each field (a command's flags), else ``<where>.<field>``."""
+    for ok, key, msg in [
+        (lc.device in ("cpu", "cuda"), "device", f"must be cpu or cuda, got {lc.device!r}"),
+        (lc.batch_size > 0, "batch_size", "must be > 0"),
+        (lc.warmup_runs >= 0, "warmup_runs", "must be >= 0"),
+        (lc.runs > 0, "runs", "must be > 0"),
+        (lc.threads is None or lc.threads > 0, "threads", "must be > 0 (or null: ONNX Runtime's default)"),
+    ]:
+        if not ok:
+            raise ConfigError(f"{(names or {}).get(key) or f'{where}.{key}'}: {msg}")
+
+
+@dataclass
 class RaykdConfig:
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)

@@ -360,3 +360,25 @@ def check_evaluate(model: str, data_file: str, max_length: int, doc_stride: int,
     if limit is not None and max_length > limit:
         raise PreflightError(f"--max-length {max_length}: more than the {limit} positions of --model {model}; "
                              f"use --max-length <= {limit}")
+
+
+def check_export(model: str, out_dir: str, max_length: int, overwrite: bool = False,
+                 lc: config_mod.LatencyConfig | None = None, flags: dict[str, str] | None = None) -> None:
+    """``cli.py export``: a model folder with weights and a tokenizer, a ``--max-length`` it has
+    positions for, measurement settings in range (``flags``: their names on the command line), an
+    output folder that can be written, and the ONNX packages installed."""
+    from raykd import onnx_export
+
+    if lc is not None:
+        config_mod.check_latency(lc, names=flags)
+    if max_length < 2:
+        raise PreflightError(f"--max-length {max_length}: must be >= 2 (a question and a context)")
+    conf = model_config(model, "--model")
+    limit = _positions(conf)
+    if limit is not None and max_length > limit:
+        raise PreflightError(f"--max-length {max_length}: more than the {limit} positions of --model {model}; "
+                             f"use --max-length <= {limit}")
+    onnx_export.check_out_dir(out_dir, overwrite)
+    onnx_export.require_onnx()
+    if lc is not None:
+        onnx_export.check_device(lc.device)
