@@ -170,7 +170,7 @@ def export(model, inputs: dict[str, torch.Tensor], path: str | Path) -> Exported
         program = torch.onnx.export(
             _named_outputs(model, names, outs), tuple(inputs.values()), dynamo=True, verbose=False,
             input_names=list(names), output_names=outs,
-            dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+            dynamic_shapes={"inputs": tuple({0: batch, 1: seq} for _ in names)},  # forward(*inputs)
         )
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         program.save(str(path))  # one file (weights inline) below ONNX's 2 GB limit
@@ -180,11 +180,18 @@ def export(model, inputs: dict[str, torch.Tensor], path: str | Path) -> Exported
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
     """int8 dynamic quantization (weights int8, activations quantized on the fly): the usual CPU
     recipe for BERT-like encoders; no calibration data needed."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import tempfile
 
-    with warnings.catch_warnings():
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="raykd-quant-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        # ONNX Runtime's advised pre-processing (graph optimisation + shape inference) first. Its
+        # symbolic shape inference does not complete on torch.export's graphs; ONNX's own runs.
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
 
 
 def file_bytes(path: str | Path) -> int:

@@ -132,7 +132,8 @@ def test_cli_export_writes_model_report_and_summary(tmp_path, tiny_models):
     report = json.loads((tmp_path / "onnx_out" / "export_report.json").read_text())
     assert report["parity"]["ok"] and report["int8"]["onnx_file"] == "model.int8.onnx"
     # Again into the same folder: refused without --overwrite, one line, no traceback.
-    again = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", cwd=tmp_path)
+    again = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", "--max-length", "64",
+                cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
 
 
@@ -149,7 +150,7 @@ def test_cli_export_bad_input_exits_2_with_one_line(tmp_path, tiny_models, args,
     if "--latency-device" in args and "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     (tmp_path / "afile").write_text("x")
-    base = {"--model": str(tiny_models["bert"]), "--onnx": str(tmp_path / "out")}
+    base = {"--model": str(tiny_models["bert"]), "--onnx": str(tmp_path / "out"), "--max-length": "64"}
     flags = dict(base)
     extra = []
     for i in range(0, len(args), 2):
