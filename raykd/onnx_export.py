@@ -16,12 +16,12 @@ import contextlib
 import importlib.util
 import json
 import logging
-import os
 import platform
 import statistics
+import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +84,16 @@ def load_model(path: str):
     if cls is None:
         raise ExportError(f"--model {path}: its config.json names no model class transformers has "
                           f"(architectures: {getattr(config, 'architectures', None)}); save it with save_pretrained")
-    return cls.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    from transformers.utils import logging as hf_logging
+
+    # The command prints its own summary; transformers' per-load progress bar says nothing here.
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return cls.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def sample_inputs(tokenizer, names: tuple[str, ...], max_length: int, rows: int | None = None,
@@ -92,7 +101,7 @@ def sample_inputs(tokenizer, names: tuple[str, ...], max_length: int, rows: int 
     """SAMPLE tokenized as the model takes it: padded to ``max_length`` (how raykd's features are
     fed), or at its natural length; ``rows`` repeats it to a batch of that size."""
     pairs = list(SAMPLE) if rows is None else [SAMPLE[i % len(SAMPLE)] for i in range(rows)]
-    enc = tokenizer([q for q, _ in pairs], [c for _, c in pairs], truncation="only_second" if pad else True,
+    enc = tokenizer([q for q, _ in pairs], [c for _, c in pairs], truncation=True,
                     max_length=max_length, padding="max_length" if pad else "longest", return_tensors="pt")
     missing = [n for n in names if n not in enc]
     if "input_ids" in missing or "attention_mask" in missing:
@@ -180,8 +189,6 @@ def export(model, inputs: dict[str, torch.Tensor], path: str | Path) -> Exported
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
     """int8 dynamic quantization (weights int8, activations quantized on the fly): the usual CPU
     recipe for BERT-like encoders; no calibration data needed."""
-    import tempfile
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -360,8 +367,6 @@ class ExportReport:
     latency: Latency
     architecture: dict[str, Any]
     int8: dict[str, Any] | None = None
-    # The PyTorch model's latency is not measured: raykd compares students by ONNX Runtime's.
-    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -384,7 +389,11 @@ def export_student(model: str, out_dir: str | Path, max_length: int = 384, quant
     if quantize is not None and quantize not in QUANTIZE:
         raise ExportError(f"--quantize {quantize}: supported: {', '.join(QUANTIZE)}")
     require_onnx()
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"--onnx {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     net, tok = load_model(model)
     names = models.accepted_inputs(net)
     example = sample_inputs(tok, names, max_length)
@@ -428,8 +437,13 @@ def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise ExportError(f"--onnx {out_dir}: {parent} is a file, so the folder cannot be created")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"--onnx {out_dir}: {parent} is not writable")
+    # A real write, removed at once: permission bits say nothing to root, nor about a read-only
+    # or pseudo file system.
+    try:
+        with tempfile.TemporaryDirectory(dir=parent, prefix=".raykd-probe-"):
+            pass
+    except OSError as exc:
+        raise ExportError(f"--onnx {out_dir}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
 def summary_lines(report: ExportReport) -> list[str]:

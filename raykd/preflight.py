@@ -371,8 +371,8 @@ def check_export(model: str, out_dir: str, max_length: int, overwrite: bool = Fa
 
     if lc is not None:
         config_mod.check_latency(lc, names=flags)
-    if max_length < 2:
-        raise PreflightError(f"--max-length {max_length}: must be >= 2 (a question and a context)")
+    if max_length < 8:
+        raise PreflightError(f"--max-length {max_length}: must be >= 8 (a question, a context and 3 special tokens)")
     conf = model_config(model, "--model")
     limit = _positions(conf)
     if limit is not None and max_length > limit:

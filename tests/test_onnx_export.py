@@ -140,6 +140,7 @@ def test_cli_export_writes_model_report_and_summary(tmp_path, tiny_models):
 @pytest.mark.parametrize("args, says", [
     (["--model", "./no_such_model"], "no such folder"),
     (["--onnx", "{file}/sub"], "cannot be created"),
+    (["--onnx", "/proc/raykd-no-such-dir"], "cannot write in /proc"),
     (["--max-length", "1000"], "positions"),
     (["--runs", "0"], "--runs: must be > 0"),
     (["--latency-device", "cuda"], "CUDAExecutionProvider"),
