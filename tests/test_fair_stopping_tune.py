@@ -2,6 +2,7 @@
 its metric/mode and every trial's config, and its decisions stop trials."""
 
 import os
+import sys
 
 import pytest
 import ray
@@ -34,6 +35,8 @@ class LayersOfCase:
 @pytest.fixture(scope="module")
 def ray_local():
     os.environ.pop("RAY_ADDRESS", None)
+    # The trainable is defined here; Ray's workers cannot import a test module by name.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()
