@@ -99,7 +99,7 @@ def arch_key(config: Any, max_length: int, lc: LatencyConfig | None = None, task
     """The key of a student's architecture from its config (a transformers config or the dict of
     its config.json). ``task``: the model class that will be served (default: the config's first
     ``architectures`` entry)."""
-    from raykd.onnx_export import _target
+    from raykd.onnx_export import hardware
 
     lc = lc or LatencyConfig()
     if precision not in PRECISIONS:
@@ -114,7 +114,7 @@ def arch_key(config: Any, max_length: int, lc: LatencyConfig | None = None, task
     if not head:
         raise LatencyError(f"{model_type} config: no model class (architectures) to serve; pass task=")
     return ArchKey(model_type=str(model_type), head=str(head), max_length=int(max_length),
-                   batch_size=lc.batch_size, precision=precision, device=lc.device, target=_target(lc.device),
+                   batch_size=lc.batch_size, precision=precision, device=lc.device, target=hardware(lc.device),
                    threads=lc.threads, runtime=_runtime(), **values)
 
 

@@ -216,7 +216,7 @@ def param_count(model) -> int:
 # ONNX Runtime: sessions, parity, latency
 
 
-def _target(device: str) -> str:
+def hardware(device: str) -> str:
     """The hardware a latency was measured on (latencies from different machines do not mix)."""
     if device == "cuda":
         try:
@@ -346,7 +346,7 @@ def latency(sess, inputs: dict[str, Any], lc: LatencyConfig) -> Latency:
     times.sort()
     return Latency(statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))], times[0],
                    lc.runs, lc.warmup_runs, int(batch), int(seq), lc.device, sess.get_providers()[0], lc.threads,
-                   _target(lc.device), ort.__version__)
+                   hardware(lc.device), ort.__version__)
 
 
 # ---------------------------------------------------------------------------------------------
