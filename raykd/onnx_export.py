@@ -312,7 +312,9 @@ def parity(model, sess, batches: list[dict[str, torch.Tensor]], tolerance: float
 @dataclass
 class Latency:
     """Wall time of one ``session.run`` in milliseconds: median (the figure raykd uses), p90 and
-    min of ``runs`` timed runs after ``warmup_runs`` untimed ones, at this batch and length."""
+    min of ``runs`` timed runs after ``warmup_runs`` untimed ones, at this batch and length. The
+    inputs come from host memory on every run, as a server receives them (on CUDA the copy to the
+    GPU is part of the time)."""
 
     median_ms: float
     p90_ms: float
@@ -394,6 +396,10 @@ def export_student(model: str, out_dir: str | Path, max_length: int = 384, quant
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ExportError(f"--onnx {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+    # An earlier export's files (--overwrite) must not pass for this one's, e.g. an int8 model
+    # left over from an export with --quantize.
+    for name in (ONNX_FILE, ONNX_FILE + ".data", INT8_FILE, REPORT_FILE):
+        (out / name).unlink(missing_ok=True)
     net, tok = load_model(model)
     names = models.accepted_inputs(net)
     example = sample_inputs(tok, names, max_length)

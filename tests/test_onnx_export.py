@@ -135,6 +135,12 @@ def test_cli_export_writes_model_report_and_summary(tmp_path, tiny_models):
     again = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", "--max-length", "64",
                 cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+    # With --overwrite and no --quantize, the earlier int8 model does not stay behind.
+    again = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", "--max-length", "64",
+                "--runs", "2", "--warmup", "0", "--overwrite", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (tmp_path / "onnx_out" / "model.int8.onnx").exists()
+    assert json.loads((tmp_path / "onnx_out" / "export_report.json").read_text())["int8"] is None
 
 
 @pytest.mark.parametrize("args, says", [
