@@ -84,7 +84,7 @@ def test_a_search_prints_a_readable_console(tmp_path, tiny_models):
     assert rounds and all("eval_f1=" in line and "EM=" in line and "loss=" in line and "/4:" in line
                           for line in rounds), rounds
     for noise in ("LOAD REPORT", "Reporting training result", "pid=", "already reported", "Loading weights",
-                  "examples/s", "Hint:", "Successfully registered model"):
+                  "examples/s", "Hint:", "Successfully registered model", "performance bottleneck"):
         assert noise not in text, (noise, [line for line in lines if noise in line][:3])
     table_headers = [line for line in lines if "eval_f1" in line and "temperature" in line and "|" in line]
     assert table_headers, text[-3000:]
