@@ -153,7 +153,8 @@ class Console:
     def __init__(self, path: Path, verbose: bool):
         self.verbose = verbose
         self.log = _Log(path)
-        lock = threading.Lock()
+        # Reentrant: a signal handler (Tune's SIGINT) may log while this thread is inside a write.
+        lock = threading.RLock()
         self._saved = sys.stdout, sys.stderr
         sys.stdout = _Tee(sys.stdout, self.log, lock, verbose)
         sys.stderr = _Tee(sys.stderr, self.log, lock, verbose)
@@ -175,9 +176,23 @@ def install(path: Path, verbose: bool = False) -> Console:
     quiet unless ``verbose``."""
     global _installed
     if not verbose:
-        quiet_libraries()
+        for key, value in _QUIET_ENV.items():
+            os.environ.setdefault(key, value)
     _installed = Console(path, verbose)
+    if not verbose:
+        quiet_libraries()  # after the streams are installed: Optuna's handler binds to sys.stderr
     return _installed
+
+
+def finish() -> None:
+    """The command returns: show a last line that has no newline and flush the log. The streams stay
+    installed: Ray's exit handlers still print forwarded lines after this."""
+    if _installed is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, _Tee):
+            stream.close_pending()
+            stream.flush()
 
 
 def begin() -> Path | None:

@@ -222,9 +222,9 @@ def compute_teacher_logits(
         if progress and (b % 20 == 0 or b == n_batches - 1):
             done, elapsed = start + len(batch["input_ids"]), time.perf_counter() - t0
             rate = done / max(elapsed, 1e-9)
-            eta = (len(ds) - done) / rate
+            eta_min, eta_s = divmod(round((len(ds) - done) / rate), 60)
             print(f"[raykd prepare] teacher logits: {done}/{len(ds)} features, {rate:.0f}/s, "
-                  f"elapsed {elapsed:.0f}s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s", flush=True)
+                  f"elapsed {elapsed:.0f}s, ETA {eta_min}m{eta_s:02d}s", flush=True)
     return out
 
 
