@@ -212,3 +212,10 @@ def quiet_libraries() -> None:
 
     # "A new study created in RDB ...": the search prints its own set-up.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def progress_line(label: str, done: int, total: int, elapsed: float, unit: str = "features") -> str:
+    """``"<label>: 640/10570 features, 55/s, elapsed 12s, ETA 3m01s"`` for a long single pass."""
+    rate = done / max(elapsed, 1e-9)
+    eta_min, eta_s = divmod(round((total - done) / max(rate, 1e-9)), 60)
+    return f"{label}: {done}/{total} {unit}, {rate:.0f}/s, elapsed {elapsed:.0f}s, ETA {eta_min}m{eta_s:02d}s"

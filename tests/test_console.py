@@ -30,6 +30,13 @@ def test_forwarded_lines_are_shown_only_when_they_are_raykds():
     assert console.shown("(raylet) A worker died or was killed") == "(raylet) A worker died or was killed"
 
 
+def test_progress_line_gives_the_rate_and_eta():
+    assert console.progress_line("[raykd evaluate]", 640, 1280, 10.0) == \
+        "[raykd evaluate]: 640/1280 features, 64/s, elapsed 10s, ETA 0m10s"
+    # Rounded before splitting into minutes: never "1m60s".
+    assert console.progress_line("x", 1, 2, 119.6).endswith("ETA 2m00s")
+
+
 def test_the_log_keeps_everything_and_is_only_written_once_the_command_starts(tmp_path, monkeypatch):
     term_out, term_err = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stdout", term_out)
