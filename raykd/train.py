@@ -31,6 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 from raykd import data as data_mod
 from raykd import inference, losses, models, storage, study_store, teacher_cache
 from raykd.config import DISTILL, FINETUNE, RaykdConfig, run_name
+from raykd.console import duration
 from raykd.errors import TrialFailed, UserError
 from raykd.metrics import METRIC, MODE
 
@@ -409,15 +410,11 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         epoch += 1
 
 
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
 def _progress(step: int, total_steps: int, step0: int, t0: float) -> str:
     """", 1m12s elapsed, ETA 3m40s": the run's pace so far (evaluations included), to its last step."""
     spent = time.perf_counter() - t0
     left = (total_steps - step) * spent / max(step - step0, 1)
-    return f", {_minutes(spent)} elapsed, ETA {_minutes(left)}"
+    return f", {duration(spent)} elapsed, ETA {duration(left)}"
 
 
 def _report(model, tokenizer, optimizer, scheduler, cfg, rank, step, rnd, final, steps_per_epoch,
