@@ -31,6 +31,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from raykd import losses, models, objective, tasks, teacher_cache
 from raykd.checkpoints import META_FILE, STATE_FILE
+from raykd.console import duration
 from raykd.errors import TrialFailed
 from raykd.runspec import RunSpec
 from raykd.schedule import eval_points, schedule
@@ -99,16 +100,13 @@ class LoopState:
         """", 1m12s elapsed, ETA 3m40s": the run's pace so far (evaluations included)."""
         spent = time.perf_counter() - self.run_t0
         left = (total_steps - self.step) * spent / max(self.step - self.run_step0, 1)
-        return f", {_minutes(spent)} elapsed, ETA {_minutes(left)}"
+        return f", {duration(spent)} elapsed, ETA {duration(left)}"
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.step, self.round = saved["step"], saved["round"]
         self.history = list(saved.get("history", []))
         self.run_step0 = self.step
 
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -42,6 +42,7 @@ from datasets import Dataset, load_from_disk
 from raykd import data as data_mod
 from raykd import models, tasks
 from raykd.config import DataConfig
+from raykd.console import progress_line
 from raykd.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -229,11 +230,9 @@ def compute_teacher_logits(
             out = np.empty((len(ds), *logits.shape[1:]), dtype=np.float16)
         out[start : start + len(logits)] = logits
         if progress and (b % 20 == 0 or b == n_batches - 1):
-            done, elapsed = start + len(logits), time.perf_counter() - t0
-            rate = done / max(elapsed, 1e-9)
-            eta = (len(ds) - done) / rate
-            print(f"[raykd prepare] teacher logits: {done}/{len(ds)} features, {rate:.0f}/s, "
-                  f"elapsed {elapsed:.0f}s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s", flush=True)
+            done = start + len(logits)
+            print(progress_line("[raykd prepare] teacher logits", done, len(ds), time.perf_counter() - t0),
+                  flush=True)
     return out if out is not None else np.zeros((0, 0, 0), np.float16)
 
 

@@ -246,11 +246,12 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
     import optuna
     import optuna.visualization.matplotlib as ovm
 
-    plots = {"optuna_history": ovm.plot_optimization_history, "optuna_parallel_coordinates": ovm.plot_parallel_coordinate}
+    optuna_plots = {"optuna_history": ovm.plot_optimization_history,
+                    "optuna_parallel_coordinates": ovm.plot_parallel_coordinate}
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
     if len(completed) >= 2 and len(study.trials[0].params) >= 2:
-        plots["optuna_param_importances"] = ovm.plot_param_importances
-    for name, fn in plots.items():
+        optuna_plots["optuna_param_importances"] = ovm.plot_param_importances
+    for name, fn in optuna_plots.items():
         try:
             # Optuna flags its matplotlib plots as experimental on every call (raykd chose them),
             # and warns about degenerate studies (one learning rate for all trials, equal
@@ -312,7 +313,8 @@ def signature(task: tasks.Task) -> ModelSignature:
 
 
 # What the logged model imports when it is loaded, besides raykd's own code (shipped with it).
-MODEL_PACKAGES = ("torch", "transformers", "datasets", "numpy", "pandas", "pyyaml", "mlflow", "cloudpickle")
+# ray: the model class lives in this module, which imports Ray's MLflow integration; loading needs it.
+MODEL_PACKAGES = ("torch", "transformers", "datasets", "numpy", "pandas", "pyyaml", "mlflow", "cloudpickle", "ray")
 
 
 def model_requirements() -> list[str]:

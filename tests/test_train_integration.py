@@ -9,10 +9,10 @@ import ray
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from raykd import train
-from raykd.prepare import prepare_study
-from raykd.runspec import RunSpec
 from raykd.config import RaykdConfig
 from raykd.metrics import METRIC
+from raykd.prepare import prepare_study
+from raykd.runspec import RunSpec
 
 pytestmark = pytest.mark.integration
 
