@@ -571,13 +571,33 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     source = None
     if path:
-        raw = read_yaml(path)
+        # The file's old key names are renamed before --set is merged in, so that
+        # `--set distill.alpha_hard=...` over a file that says alpha_squad replaces it.
+        raw = _renamed(read_yaml(path), "", str(path))
         source = str(path)
     if overrides:
         raw = deep_merge(raw, parse_overrides(overrides))
     cfg = RaykdConfig.from_dict(raw, source=source)
     _refuse_unused(cfg, raw)
     return cfg
+
+
+def _renamed(raw: dict[str, Any], prefix: str, source: str | None) -> dict[str, Any]:
+    """``raw`` with every old key name (:data:`KEY_ALIASES`) replaced by its current one; a
+    mapping that gives both names is refused (which one was meant is unknown)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if dotted in KEY_ALIASES:
+            new = canonical(dotted).rsplit(".", 1)[-1]
+            if new in raw:
+                raise ConfigError(f"{_where(source, dotted)}: is the old name of {canonical(dotted)}, which is "
+                                  "also given; keep one")
+            key = new
+        if isinstance(value, dict) and key != "space":
+            value = _renamed(value, dotted, source)
+        out[key] = value
+    return out
 
 
 def _given(raw: dict[str, Any], prefix: str = "") -> list[str]:

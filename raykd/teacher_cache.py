@@ -274,6 +274,8 @@ def prepare_teacher_logits(
     if logits.ndim != 3 or logits.shape[0] != manifest["n_train_features"]:
         raise RuntimeError(f"teacher logits have shape {logits.shape}, expected "
                            f"({manifest['n_train_features']}, heads, classes)")
+    # Checked once, when computed (a teacher of another label order would be distilled silently).
+    prepared.task().check_teacher(logits, prepared.train(), lambda m: log.warning("[raykd] warning: %s", m))
     name = f"teacher-{tfp}.npy"
     tmp = data_mod.temp_name(root / name)
     try:

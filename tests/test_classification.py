@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from raykd import losses, models, preflight, spaces, tasks, teacher_cache
 from raykd.config import ConfigError, DataConfig, RaykdConfig, load_config
 from raykd.tasks import classification, sentiment, text_data
+from raykd.tasks.base import DataError
 
 CLS = tasks.get("classification")
 
@@ -188,6 +189,13 @@ def test_predictor_maps_texts_to_label_and_score(tiny_classifier):
     out = predict(pd.DataFrame({"text": ["a wonderful film .", "dull and flat .", "fine"]}))
     assert list(out.columns) == [c.name for c in CLS.serving_outputs]
     assert set(out["label"]) <= {0, 1} and ((out["score"] >= 0.5) & (out["score"] <= 1)).all()
+    # A text_pair column with nothing in it (MLflow fills an optional column with None) is no pair.
+    same = predict(pd.DataFrame({"text": ["a wonderful film .", "dull and flat .", "fine"], "text_pair": [None] * 3}))
+    pd.testing.assert_frame_equal(same, out)
+    with pytest.raises(ValueError, match="text_pair is missing on row 1"):
+        predict(pd.DataFrame({"text": ["a", "b"], "text_pair": ["c", float("nan")]}))
+    with pytest.raises(ValueError, match="text is missing on row 0"):
+        predict(pd.DataFrame({"text": [None, "b"]}))
 
 
 # --- settings and refusals ---------------------------------------------------------------------
@@ -237,6 +245,17 @@ def test_alpha_squad_is_still_accepted_everywhere():
         RaykdConfig.from_dict({"distill": {"alpha_squad": 0.3, "alpha_hard": 0.7}})
 
 
+@pytest.mark.parametrize("name", ["distill.alpha_squad", "distill.alpha_hard"])
+def test_set_either_alpha_name_over_a_file_with_the_old_name(tmp_path, name):
+    # The file's alpha_squad is renamed before --set merges in: --set replaces it, whichever name.
+    path = _yaml(tmp_path, "distill:\n  alpha_ce: 0.5\n  alpha_squad: 0.5\n")
+    cfg = load_config(path, [f"{name}=0.2"])
+    assert cfg.distill.alpha_hard == 0.2 and cfg.distill.alpha_ce == 0.5
+    both = _yaml(tmp_path, "distill:\n  alpha_squad: 0.5\n  alpha_hard: 0.4\n")
+    with pytest.raises(ConfigError, match="alpha_squad: is the old name of distill.alpha_hard"):
+        load_config(both)
+
+
 def test_a_space_cannot_search_what_the_task_ignores_or_the_task():
     params = spaces.parse({"data.doc_stride": {"type": "choice", "values": [32, 64]}}, "s.yaml")
     with pytest.raises(spaces.SpaceError, match="space.data.doc_stride: cannot be searched: it has no effect for task "
@@ -281,3 +300,67 @@ def test_preflight_refuses_a_teacher_without_the_tasks_head_or_with_other_labels
         preflight.check(cfg(three), "distill", experiment=False)
     with pytest.raises(preflight.PreflightError, match="BertForQuestionAnswering.*random"):
         preflight.check(cfg(tiny_models["bert"]), "distill", experiment=False)
+
+
+@pytest.mark.parametrize("header, words", [
+    ("sentence,text,label", ["both 'sentence' and 'text'", "ambiguous"]),
+    ("sentence,sentence1,sentence2,label", ["both 'sentence' and 'sentence1'/'sentence2'"]),
+    ("question,sentence,label", ["has 'question' beside 'sentence'", "'sentence1' and 'sentence2'"]),
+])
+def test_ambiguous_text_columns_are_refused(tmp_path, header, words):
+    path = tmp_path / "t.csv"
+    path.write_text(header + "\n" + ",".join(["x"] * (header.count(",")) + ["1"]) + "\n")
+    with pytest.raises(DataError) as err:
+        text_data.read_file(str(path), 2)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_a_class_absent_from_a_data_file_is_warned(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("sentence,label\na,0\nb,1\n")
+    cfg = RaykdConfig.from_dict({"task": "classification", "data": {"num_labels": 3}})
+    warned = []
+    assert CLS.check_data_file(path, path.read_text(), "t.csv", cfg, warned.append) == 2
+    assert warned == ["t.csv: no example of class 2 (data.num_labels: 3); check data.num_labels"]
+
+
+# --- the teacher's label order -----------------------------------------------------------------
+
+
+def test_teacher_agreement_sees_a_swapped_label_order_and_not_a_constant_guess():
+    labels = np.array([0, 1] * 50)
+    assert classification.teacher_agreement(labels, labels, 2) == (1.0, 1.0)
+    assert classification.teacher_agreement(1 - labels, labels, 2) == (0.0, 1.0)
+    assert classification.teacher_agreement(np.ones(100, int), labels, 2) == (0.5, 0.5)
+    three = np.array([0, 1, 2] * 10)
+    assert classification.teacher_agreement((three + 1) % 3, three, 3) == (0.0, 1.0)
+
+
+def test_a_teacher_with_another_label_order_is_refused_a_weak_one_warned(tmp_path):
+    from datasets import Dataset
+
+    labels = np.array([0, 1] * 20)
+    train = Dataset.from_dict({"labels": labels})
+
+    def logits(pred):
+        out = np.zeros((len(pred), 1, 2), np.float32)
+        out[np.arange(len(pred)), 0, pred] = 3.0
+        return out
+
+    warned = []
+    CLS.check_teacher(logits(labels), train, warned.append)
+    assert warned == []
+    with pytest.raises(DataError, match="label order differs from the data's"):
+        CLS.check_teacher(logits(1 - labels), train, warned.append)
+    CLS.check_teacher(logits(np.zeros(40, int)), train, warned.append)
+    assert len(warned) == 1 and "50.0%" in warned[0] and "fine-tuned on this task" in warned[0]
+
+
+def test_left_padded_features_are_refused():
+    batch = {"input_ids": torch.ones(2, 4, dtype=torch.long),
+             "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])}
+    with pytest.raises(ValueError, match="left-padded"):
+        classification.trim(batch)
+    right = {**batch, "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
+    assert classification.trim(right)["input_ids"].shape == (2, 3)

@@ -24,6 +24,7 @@ from raykd.config import DataConfig, RaykdConfig
 from raykd.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import torch
     from datasets import Dataset
@@ -128,6 +129,10 @@ class Task(ABC):
         """A batch as the model should see it (classification drops columns that are padding in
         every row; QA keeps every position, its logits are per position)."""
         return batch
+
+    def check_teacher(self, logits: np.ndarray, train: Dataset, warn: Callable[[str], None]) -> None:
+        """Look at the teacher's freshly computed logits on the training features: raise DataError
+        when they show the teacher cannot be this data's teacher, ``warn`` when it looks weak."""
 
     @abstractmethod
     def logits(self, outputs: Any) -> torch.Tensor:

@@ -52,8 +52,31 @@ def trim(batch: dict[str, Any]) -> dict[str, Any]:
     sentences are mostly much shorter). Right padding: the kept positions are the first ones."""
     if "attention_mask" not in batch:
         return batch
-    n = max(1, int(batch["attention_mask"].sum(dim=1).max()))
+    mask = batch["attention_mask"]
+    # Left padding would make this cut the text and keep the padding: refuse it loudly.
+    if mask.shape[1] > 1 and bool((mask[:, 0] == 0).any()) and bool((mask[:, -1] == 1).any()):
+        raise ValueError("classification features are left-padded; raykd pads on the right "
+                         "(tokenizer padding_side='right')")
+    n = max(1, int(mask.sum(dim=1).max()))
     return {k: (v[:, :n] if k in INPUTS else v) for k, v in batch.items()}
+
+
+def teacher_agreement(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[float, float]:
+    """(share of features where the teacher's argmax is the gold label, the same share once each
+    gold class is renamed to the class the teacher predicts most for it, when that renaming is a
+    one-to-one relabelling; else the first share again). Far apart, the teacher knows the classes
+    under other ids: its label order differs from the data's."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if not len(labels):
+        return 0.0, 0.0
+    confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    as_given = float(np.trace(confusion)) / len(labels)
+    present = confusion.sum(axis=1) > 0
+    renamed = confusion.argmax(axis=1)[present]
+    if len(set(renamed.tolist())) < len(renamed):  # not one-to-one (e.g. one class for everything)
+        return as_given, as_given
+    return as_given, float(confusion.max(axis=1).sum()) / len(labels)
 
 
 def predict_logits(model, features, batch_size: int = 64, device="cpu", autocast_dtype=None) -> np.ndarray:
@@ -79,6 +102,15 @@ def predict_logits(model, features, batch_size: int = 64, device="cpu", autocast
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def _texts(column, name: str) -> list[str]:
+    missing = column.isna()
+    if missing.any():
+        rows = ", ".join(map(str, list(column.index[missing])[:5]))
+        raise ValueError(f"{name} is missing on row {rows}; give it on every row"
+                         + (" (or on none)" if name == "text_pair" else ""))
+    return [str(t) for t in column]
+
+
 class Classification(Task):
     name = "classification"
     metric = ACCURACY
@@ -99,6 +131,21 @@ class Classification(Task):
 
     def head(self, cfg: RaykdConfig) -> Head:
         return head(cfg.data.num_labels)
+
+    def check_teacher(self, logits: np.ndarray, train, warn) -> None:
+        num_labels = logits.shape[-1]
+        labels = np.asarray(train["labels"])
+        as_given, best = teacher_agreement(logits[:, 0].argmax(-1), labels, num_labels)
+        chance = 1.0 / num_labels
+        if best >= 0.6 and best - as_given >= 0.3:
+            raise DataError(f"the teacher predicts the gold label on {100 * as_given:.1f}% of the training "
+                            f"examples, but {100 * best:.1f}% once its class ids are renamed: its label order "
+                            "differs from the data's; relabel the data or use a teacher with the data's "
+                            "label ids (config id2label)")
+        if as_given <= chance + 0.05:
+            warn(f"the teacher predicts the gold label on only {100 * as_given:.1f}% of the training "
+                 f"examples (chance is {100 * chance:.0f}%): is it fine-tuned on this task? Distilling it "
+                 "teaches the student its mistakes")
 
     def check_model_config(self, conf: dict[str, Any], cfg: RaykdConfig, what: str, teacher: bool) -> None:
         super().check_model_config(conf, cfg, what, teacher)
@@ -136,7 +183,14 @@ class Classification(Task):
 
     def check_data_file(self, path: Path, text: str, what: str, cfg: RaykdConfig,
                         warn: Callable[[str], None] | None = None) -> int:
-        return len(text_data.normalise(text_data.parse_rows(path, text, what), cfg.data.num_labels, what))
+        rows = text_data.normalise(text_data.parse_rows(path, text, what), cfg.data.num_labels, what)
+        absent = sorted(set(range(cfg.data.num_labels)) - {r["label"] for r in rows})
+        if absent and warn:
+            # num_labels is not inferred from the data: a class the file never uses is either a
+            # too-large num_labels or a sample that misses a class.
+            warn(f"{what}: no example of class {', '.join(map(str, absent))} (data.num_labels: "
+                 f"{cfg.data.num_labels}); check data.num_labels")
+        return len(rows)
 
     # --- training -----------------------------------------------------------------------------
 
@@ -180,8 +234,11 @@ class Classification(Task):
         names = models.accepted_inputs(model)
 
         def predict(frame: pd.DataFrame) -> pd.DataFrame:
-            texts = [str(t) for t in frame["text"]]
-            pairs = [str(t) for t in frame["text_pair"]] if "text_pair" in frame else None
+            texts = _texts(frame["text"], "text")
+            pairs = None
+            if "text_pair" in frame and not frame["text_pair"].isna().all():
+                # A missing pair would be read as the text "None" or "nan": a pair on every row or on none.
+                pairs = _texts(frame["text_pair"], "text_pair")
             labels, probs = [], []
             for i in range(0, len(texts), 64):
                 enc = tokenizer(texts[i: i + 64], pairs[i: i + 64] if pairs else None, truncation=True,

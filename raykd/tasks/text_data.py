@@ -27,14 +27,26 @@ PAIR = ("sentence1", "sentence2")
 FORMAT = "CSV, TSV or JSON lines with 'sentence' (or 'text', or 'sentence1' and 'sentence2') and 'label'"
 
 
+# Columns that hold a second text in other data sets (QNLI, MNLI, QQP, ...): beside a single text
+# column, reading that column alone would silently drop half of every example.
+OTHER_TEXT = ("question", "question1", "question2", "premise", "hypothesis", "text_pair", "sentence2")
+
+
 def text_columns(columns: Iterable[str], where: str) -> tuple[str, str | None]:
-    """(first text column, second or None) among ``columns``; DataError when there is none."""
+    """(first text column, second or None) among ``columns``; DataError when there is none, or
+    when which columns are the text is ambiguous."""
     cols = set(columns)
-    for name in SINGLE:
-        if name in cols:
-            return name, None
-    if set(PAIR) <= cols:
-        return PAIR
+    found = [(name, None) for name in SINGLE if name in cols] + ([PAIR] if set(PAIR) <= cols else [])
+    if len(found) > 1:
+        names = " and ".join(repr(a) if b is None else f"{a!r}/{b!r}" for a, b in found)
+        raise DataError(f"{where}: has both {names} text columns; which is the text is ambiguous: keep one")
+    if found and found[0][1] is None:
+        others = [c for c in OTHER_TEXT if c in cols]
+        if others:
+            raise DataError(f"{where}: has {others[0]!r} beside {found[0][0]!r}; raykd reads one text column, or a "
+                            "pair named 'sentence1' and 'sentence2': rename the columns of a sentence-pair data set")
+    if found:
+        return found[0]
     raise DataError(f"{where}: no text column (expected 'sentence', 'text', or 'sentence1' and 'sentence2'; "
                     f"found {sorted(cols)})")
 
