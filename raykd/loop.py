@@ -36,6 +36,8 @@ from raykd.errors import TrialFailed
 from raykd.runspec import RunSpec
 from raykd.schedule import eval_points, schedule
 
+TIMED = ("setup", "train", "eval", "checkpoint")
+
 # Every feature carries all three: an online BERT teacher needs token_type_ids even when the
 # student (DistilBERT) does not.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -74,6 +76,12 @@ class LoopState:
     # For the ETA of a long run (a resumed one counts from where it resumed).
     run_t0: float = field(default_factory=time.perf_counter)
     run_step0: int = 0
+    # Seconds this worker process spent, by kind, since it started (a resumed run counts from
+    # where it resumed); reported every round as time_<kind>_s so that a benchmark can tell a
+    # trial's training and evaluation from its fixed cost. Checkpointing is counted up to the
+    # previous round: the current round's checkpoint is the report that carries these numbers.
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED, 0.0))
+    created: float = field(default_factory=time.perf_counter)
 
     def add(self, values: dict[str, float], n_samples: int) -> None:
         for k in self.sums:
@@ -83,14 +91,19 @@ class LoopState:
 
     def start(self) -> None:
         self.window_t0 = self.run_t0 = time.perf_counter()
+        self.seconds["setup"] += self.run_t0 - self.created
 
     def take_train_metrics(self, world: int) -> dict[str, float]:
         """Mean losses and samples/s since the last report (training time only: the window
         restarts once the report is done, see :meth:`next_window`)."""
         elapsed = time.perf_counter() - self.window_t0
+        self.seconds["train"] += elapsed
         out = {f"train_{k}": v / max(self.n_micro, 1) for k, v in self.sums.items()}
         out["samples_per_sec"] = self.n_samples * world / max(elapsed, 1e-9)
         return out
+
+    def timings(self) -> dict[str, float]:
+        return {f"time_{k}_s": v for k, v in self.seconds.items()}
 
     def next_window(self) -> None:
         self.sums = dict.fromkeys(self.sums, 0.0)
@@ -304,9 +317,12 @@ class Recipe:
             # Every worker reports (it is a barrier); only rank 0's metrics and checkpoint are kept.
             ray.train.report({**metrics, **dict.fromkeys(self.task.score_keys(), 0.0)}, checkpoint=None)
             return
+        t0 = time.perf_counter()
         scores = self.task.evaluate(self.model, self.eval_features, self.examples, self.cfg.data,
                                     self.cfg.optim.eval_batch_size, self.device, self.amp_dtype)
+        st.seconds["eval"] += time.perf_counter() - t0
         metrics.update(scores)
+        metrics.update(st.timings())
         shown = " ".join(f"{label}={scores[key]:.2f}" for key, label in objective.scores(self.cfg))
         # Not print(): Ray Train patches print in its workers to write the line twice (to stdout and
         # through its logger).
@@ -325,12 +341,14 @@ class Recipe:
         Train resumes from. Train deletes checkpoints beyond keep_checkpoints as each one registers
         (tests/test_train_integration.py: at most keep + the latest + the one being copied)."""
         st = self.state
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
             models.save_pretrained(self.model, self.tokenizer, d)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "step": st.step, "round": st.round, "history": st.history}, Path(d) / STATE_FILE)
             (Path(d) / META_FILE).write_text(json.dumps({**metrics, "history": st.history}))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        st.seconds["checkpoint"] += time.perf_counter() - t0
 
 
 def train_loop_per_worker(config: dict[str, RunSpec]) -> None:

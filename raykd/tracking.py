@@ -34,7 +34,7 @@ from raykd.errors import UserError
 
 # Logged per round besides every evaluation score (``eval_*``: the task's scores).
 LOGGED_METRICS = ("train_loss", "train_kd", "train_ce", "train_cos", "learning_rate", "samples_per_sec", "epoch",
-                  "step")
+                  "step", "time_setup_s", "time_train_s", "time_eval_s", "time_checkpoint_s")
 MODEL_NAME = "student"
 
 

@@ -59,6 +59,11 @@ def test_distill_cached_mode_learns_reports_and_never_loads_teacher(tmp_path, ti
     for col in (METRIC, "eval_exact_match", "learning_rate", "samples_per_sec", "train_cos"):
         assert col in df and df[col].notna().all()
     assert bool(df["final"].iloc[-1]) and not df["final"].iloc[0]
+    # Where the worker's time went, cumulative: setup once, training and evaluation every round,
+    # checkpointing counted up to the previous round.
+    assert (df["time_setup_s"] > 0).all() and df["time_setup_s"].nunique() == 1
+    assert df["time_train_s"].is_monotonic_increasing and df["time_eval_s"].is_monotonic_increasing
+    assert (df["time_eval_s"] > 0).all() and df["time_checkpoint_s"].iloc[0] == 0 < df["time_checkpoint_s"].iloc[-1]
     best = train.best_checkpoint(result, METRIC)
     with best.as_directory() as d:
         model = AutoModelForQuestionAnswering.from_pretrained(d)
