@@ -52,27 +52,17 @@ def window_spans(
     return spans
 
 
-def best_span(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: Sequence[Sequence[int]],
-    n_best: int,
-    max_answer_length: int,
-) -> tuple[float, int, int] | None:
-    """Best (score, char_start, char_end) in one window (see :func:`window_spans`); None if no span."""
-    spans = window_spans(start_logits, end_logits, offsets, n_best, max_answer_length)
-    return max(spans, key=lambda c: c[0])[:3] if spans else None
-
-
 def _nbest(context: str, spans: list[tuple[float, int, int, float, float]], n_best: int) -> list[dict[str, Any]]:
     """The example's ``n_best`` best distinct character spans over all its windows, best first, with
     a probability (softmax of the scores over the list, as in BERT's n-best files). Overlapping
     windows propose the same span twice; it is listed once, with its better score."""
-    by_span: dict[tuple[int, int], tuple[float, int, int, float, float]] = {}
-    for c in spans:
-        if c[1:3] not in by_span or c[0] > by_span[c[1:3]][0]:
-            by_span[c[1:3]] = c
-    top = sorted(by_span.values(), key=lambda c: -c[0])[:n_best]
+    by_span: dict[tuple[int, int], tuple[int, tuple[float, int, int, float, float]]] = {}
+    for i, c in enumerate(spans):
+        if c[1:3] not in by_span or c[0] > by_span[c[1:3]][1][0]:
+            by_span[c[1:3]] = (i, c)
+    # Equal scores in the order of the copy kept, as postprocess's max() breaks ties: the first
+    # entry is then always the answer.
+    top = [c for _, c in sorted(by_span.values(), key=lambda ic: (-ic[1][0], ic[0]))][:n_best]
     if not top:
         return []
     scores = np.array([c[0] for c in top])
