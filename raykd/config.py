@@ -512,7 +512,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, text = pair.split("=", 1)
-        key = canonical(key.strip())
+        written, key = key.strip(), canonical(key.strip())
+        if written != key and key in {p.split("=", 1)[0].strip() for p in pairs}:
+            raise ConfigError(f"--set {written}: is the old name of {key}, which is also set; keep one")
         if key not in keys and key != "space" and not key.startswith("space."):
             raise ConfigError(f"--set {key}: unknown key; {suggest(key)}")
         try:

@@ -125,6 +125,9 @@ def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | Non
         info["teacher_logits_computed"] = computed
         if remote:
             study_store.publish_prepared(prepared.root, remote)
+    elif mode == DISTILL and cfg.distill.teacher_mode == "online":
+        # An online teacher is checked too, on a sample, before the trials run it.
+        teacher_cache.check_online_teacher(prepared, teacher)
     study = Study(place.shared(str(prepared.root)), prepared.teacher_file, place.shared(teacher),
                   place.shared(tokenizer))
     return study, info

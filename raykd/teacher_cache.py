@@ -207,17 +207,21 @@ def _build_features(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir:
 
 @torch.no_grad()
 def compute_teacher_logits(
-    teacher_name: str, root: str, batch_size: int = 64, device: str | None = None, progress: bool = True
+    teacher_name: str, root: str, batch_size: int = 64, device: str | None = None, progress: bool = True,
+    limit: int | None = None,
 ) -> np.ndarray:
-    """Teacher forward over every training feature -> the task's distilled logits as float16
-    [N, K, C] (QA: start and end over positions; classification: one row of class logits). Runs
-    where it is called (a Ray task with a GPU when the cluster has one)."""
+    """Teacher forward over every training feature (or the first ``limit``) -> the task's
+    distilled logits as float16 [N, K, C] (QA: start and end over positions; classification: one
+    row of class logits). Runs where it is called (a Ray task with a GPU when the cluster has one)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     prepared = Prepared(Path(root))
     task = prepared.task()
     teacher = models.load_teacher(teacher_name, task.head(_config_of(prepared))).to(device)
     names = models.accepted_inputs(teacher)
-    ds = prepared.train().with_format("torch", columns=list(names))
+    ds = prepared.train()
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    ds = ds.with_format("torch", columns=list(names))
     out: np.ndarray | None = None
     use_amp = device.startswith("cuda")
     n_batches = (len(ds) + batch_size - 1) // batch_size
@@ -234,6 +238,22 @@ def compute_teacher_logits(
             print(progress_line("[raykd prepare] teacher logits", done, len(ds), time.perf_counter() - t0),
                   flush=True)
     return out if out is not None else np.zeros((0, 0, 0), np.float16)
+
+
+def check_teacher(task: Task, logits: np.ndarray, train: Dataset) -> None:
+    """The task's look at the teacher's logits on (some of) the training features: a teacher of
+    another label order would otherwise be distilled silently. Refusals raise; doubts are warned."""
+    task.check_teacher(logits, train, lambda m: log.warning("[raykd] warning: %s", m))
+
+
+def check_online_teacher(prepared: Prepared, teacher_name: str, sample: int = 512) -> None:
+    """For a teacher that runs inside the trials (no cache): its logits on the first ``sample``
+    training features, checked the same way, before any trial starts."""
+    if not prepared.task().checks_teacher:
+        return
+    n = min(sample, len(prepared.train()))
+    logits = compute_teacher_logits(teacher_name, str(prepared.root), progress=False, limit=n)
+    check_teacher(prepared.task(), logits, prepared.train().select(range(n)))
 
 
 def _config_of(prepared: Prepared):
@@ -267,15 +287,17 @@ def prepare_teacher_logits(
     tfp = _digest(model_identity(teacher_name))
     entry = manifest.get("teachers", {}).get(tfp)
     if entry and _valid_logits(root, entry):
-        return Prepared(root, entry["file"]), False
+        reused = Prepared(root, entry["file"])
+        if reused.task().checks_teacher:
+            check_teacher(reused.task(), np.asarray(reused.teacher_logits()), reused.train())
+        return reused, False
     if entry:
         log.warning("teacher logits %s are corrupt or truncated; rebuilding", entry["file"])
     logits = (compute or compute_teacher_logits)(teacher_name, str(root))
     if logits.ndim != 3 or logits.shape[0] != manifest["n_train_features"]:
         raise RuntimeError(f"teacher logits have shape {logits.shape}, expected "
                            f"({manifest['n_train_features']}, heads, classes)")
-    # Checked once, when computed (a teacher of another label order would be distilled silently).
-    prepared.task().check_teacher(logits, prepared.train(), lambda m: log.warning("[raykd] warning: %s", m))
+    check_teacher(prepared.task(), logits, prepared.train())
     name = f"teacher-{tfp}.npy"
     tmp = data_mod.temp_name(root / name)
     try:

@@ -364,3 +364,35 @@ def test_left_padded_features_are_refused():
         classification.trim(batch)
     right = {**batch, "attention_mask": torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0]])}
     assert classification.trim(right)["input_ids"].shape == (2, 3)
+
+
+def test_both_alpha_names_in_set_are_refused():
+    with pytest.raises(ConfigError, match="--set distill.alpha_squad: is the old name of distill.alpha_hard"):
+        load_config(None, ["distill.alpha_squad=0.2", "distill.alpha_hard=0.3"])
+
+
+def test_text_and_text_pair_columns_are_a_pair(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a film", "text_pair": "it is good", "label": 1}\n')
+    (row,) = text_data.read_file(str(path), 2)
+    assert row["text"] == "a film" and row["text_pair"] == "it is good"
+
+
+def test_features_are_right_padded_whatever_the_tokenizer_default(tiny_classifier):
+    from datasets import Dataset
+
+    tok = models.load_tokenizer(str(tiny_classifier))
+    tok.padding_side = "left"
+    ex = Dataset.from_list([{"id": "0", "text": "a b", "text_pair": None, "label": 0}])
+    feats = text_data.build_features(ex, tok, 8)
+    assert feats[0]["attention_mask"][0] == 1 and feats[0]["attention_mask"][-1] == 0
+
+
+def test_an_online_teacher_is_checked_on_a_sample(tmp_path, tiny_classifier, monkeypatch):
+    cfg = RaykdConfig.from_dict({"task": "classification", "data": {"synthetic": True, "synthetic_train_size": 24,
+                                                                    "synthetic_eval_size": 8, "max_length": 32}})
+    prep, _ = teacher_cache.prepare_features(CLS, cfg.data, str(tiny_classifier), tmp_path)
+    seen = []
+    monkeypatch.setattr(type(CLS), "check_teacher", lambda self, logits, train, warn: seen.append((logits.shape, len(train))))
+    teacher_cache.check_online_teacher(prep, str(tiny_classifier), sample=10)
+    assert seen == [((10, 1, 2), 10)]

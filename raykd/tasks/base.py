@@ -76,6 +76,8 @@ class Task(ABC):
     file_format: ClassVar[str]  # what a local data file must be, for messages
     serving_inputs: ClassVar[tuple[Column, ...]]
     serving_outputs: ClassVar[tuple[Column, ...]]
+    # Whether check_teacher looks at anything (an online teacher is then run on a sample first).
+    checks_teacher: ClassVar[bool] = False
 
     def score_keys(self) -> tuple[str, ...]:
         return tuple(s.key for s in self.scores)

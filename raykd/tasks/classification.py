@@ -125,6 +125,7 @@ class Classification(Task):
     architecture = "ForSequenceClassification"
     serving_inputs = (Column("text", "string"), Column("text_pair", "string", required=False))
     serving_outputs = (Column("label", "long"), Column("score", "double"))
+    checks_teacher = True
 
     def config_checks(self, cfg: RaykdConfig) -> list[tuple[bool, str, str]]:
         return [(cfg.data.num_labels >= 2, "data.num_labels", "must be >= 2")]

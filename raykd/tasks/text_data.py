@@ -3,8 +3,8 @@
 columns ``id``, ``text``, ``text_pair`` (None for single sentences) and ``label``; and their
 features (one per example, truncated to ``max_length``). Pure functions; no Ray, no MLflow.
 
-Text columns, in the order they are looked for: ``sentence``, ``text``, or the pair
-``sentence1``/``sentence2``. Labels are integers 0 .. num_labels - 1.
+Text columns: ``sentence``, ``text``, the pair ``sentence1``/``sentence2``, or the pair
+``text``/``text_pair`` (the served student's names); more than one of these is refused. Labels are integers 0 .. num_labels - 1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 SINGLE = ("sentence", "text")
 PAIR = ("sentence1", "sentence2")
-FORMAT = "CSV, TSV or JSON lines with 'sentence' (or 'text', or 'sentence1' and 'sentence2') and 'label'"
+# raykd's own names (the served student's inputs): text with text_pair is a pair too.
+OWN_PAIR = ("text", "text_pair")
+FORMAT = ("CSV, TSV or JSON lines with 'sentence' (or 'text', or the pair 'sentence1' and 'sentence2', or 'text' and "
+          "'text_pair') and 'label'")
 
 
 # Columns that hold a second text in other data sets (QNLI, MNLI, QQP, ...): beside a single text
@@ -36,6 +39,8 @@ def text_columns(columns: Iterable[str], where: str) -> tuple[str, str | None]:
     """(first text column, second or None) among ``columns``; DataError when there is none, or
     when which columns are the text is ambiguous."""
     cols = set(columns)
+    if set(OWN_PAIR) <= cols and not cols & {"sentence", *PAIR}:
+        return OWN_PAIR
     found = [(name, None) for name in SINGLE if name in cols] + ([PAIR] if set(PAIR) <= cols else [])
     if len(found) > 1:
         names = " and ".join(repr(a) if b is None else f"{a!r}/{b!r}" for a, b in found)
@@ -155,5 +160,8 @@ def _tokenize(batch: dict[str, list], tokenizer, max_length: int):
 def build_features(examples: Dataset, tokenizer, max_length: int) -> Dataset:
     """One feature per example: input_ids, attention_mask, token_type_ids (padded to max_length),
     labels."""
+    # Features are trimmed to their longest row by cutting the end (classification.trim): padding
+    # must be at the end, whatever the tokenizer's default (XLNet's is the left).
+    tokenizer.padding_side = "right"
     return examples.map(_tokenize, batched=True, remove_columns=examples.column_names,
                         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length}, desc="classification features")
