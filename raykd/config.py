@@ -166,6 +166,16 @@ class SearchConfig:
     # Configurations tried first (a known-good baseline), as flat {dotted.key: value} mappings.
     points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
     keep_checkpoints: int = 1
+    # A Pareto search: one score the task reports and one or more serving costs of the student's
+    # architecture (latency_ms, params, size_mb; measured once per architecture, see latency:),
+    # e.g. [eval_f1, latency_ms]. Optuna searches them jointly and the summary lists the front.
+    # Empty: one objective, search.metric.
+    objectives: list[str] = field(default_factory=list)
+    # The best student is the best score among students whose measured latency is at most this;
+    # None: no budget.
+    max_latency_ms: float | None = None
+    # Optuna's multi-objective sampler (with objectives): tpe (multivariate) or nsga2.
+    sampler: Literal["tpe", "nsga2"] = "tpe"
 
 
 @dataclass
@@ -182,8 +192,8 @@ class TrackingConfig:
 class LatencyConfig:
     """How a student's serving cost is measured (raykd.onnx_export, raykd.latency): in ONNX Runtime,
     at ``batch_size`` and the study's ``data.max_length``, the median of ``runs`` timed runs after
-    ``warmup_runs`` untimed ones. ``cli.py export`` builds it from its flags; not yet a section
-    of a YAML config (the Pareto search, issue 14, is to read it from there)."""
+    ``warmup_runs`` untimed ones. The ``latency:`` section of a config (the Pareto search);
+    ``cli.py export`` builds it from its flags."""
 
     device: Literal["cpu", "cuda"] = "cpu"
     batch_size: int = 1
@@ -217,6 +227,8 @@ class RaykdConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # How a student's serving cost is measured (the Pareto search and cli.py export).
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     # The raw search-space section; validated and translated by raykd.spaces.
     space: dict[str, Any] = field(default_factory=dict)
     # The file this config came from (for messages and for logging it as an artifact).
@@ -447,11 +459,14 @@ def validate(cfg: RaykdConfig) -> None:
         (s.n_startup_trials >= 0, "search.n_startup_trials", "must be >= 0"),
         (s.metric is None or s.metric in task.score_keys(), "search.metric",
          f"{s.metric!r} is not reported by task {task.name}; one of {', '.join(task.score_keys())}"),
+        (s.max_latency_ms is None or s.max_latency_ms > 0, "search.max_latency_ms", "must be > 0 (or null: no budget)"),
         *task.config_checks(cfg),
     ]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"{_where(src, key)}: {msg}")
+    _check_objectives(cfg, task)
+    check_latency(cfg.latency, where=_where(src, "latency"))
     if k.alpha_cos > 0 and k.teacher_mode == "cached":
         raise ConfigError(
             f"{_where(src, 'distill.alpha_cos')}: the cosine loss needs teacher hidden states; "
@@ -459,6 +474,30 @@ def validate(cfg: RaykdConfig) -> None:
         )
     if not (d.synthetic or d.train_file or d.dataset_name):
         raise ConfigError(f"{_where(src, 'data')}: no training data (train_file/dataset_name)")
+
+
+# The serving costs a Pareto search can minimise (raykd.latency.Measurement.metrics).
+COSTS = ("latency_ms", "params", "size_mb")
+
+
+def _check_objectives(cfg: RaykdConfig, task) -> None:
+    s, where = cfg.search, _where(cfg.source, "search.objectives")
+    if not s.objectives:
+        return
+    scores = [o for o in s.objectives if o in task.score_keys()]
+    costs = [o for o in s.objectives if o in COSTS]
+    unknown = [o for o in s.objectives if o not in scores and o not in costs]
+    if unknown:
+        raise ConfigError(f"{where}: {unknown[0]!r} is neither a score of task {task.name} "
+                          f"({', '.join(task.score_keys())}) nor a cost ({', '.join(COSTS)})")
+    if len(set(s.objectives)) != len(s.objectives):
+        raise ConfigError(f"{where}: an objective is given twice")
+    if len(scores) != 1 or not costs:
+        raise ConfigError(f"{where}: name one score ({', '.join(task.score_keys())}) and at least one cost "
+                          f"({', '.join(COSTS)}), e.g. [{task.metric}, latency_ms]")
+    if s.metric is not None and s.metric != scores[0]:
+        raise ConfigError(f"{_where(cfg.source, 'search.metric')}: {s.metric!r}, but search.objectives scores "
+                          f"{scores[0]!r}; keep one")
 
 
 def known_rounds(cfg: RaykdConfig) -> int | None:

@@ -312,6 +312,8 @@ class Recipe:
             **st.take_train_metrics(self.world),
             # What this run trains on (a searched doc_stride or max_length changes it).
             "train_features": len(self.train_ds),
+            # Its architecture's measured serving costs, in a Pareto search.
+            **self.spec.costs,
         }
         if self.rank != 0:
             # Every worker reports (it is a barrier); only rank 0's metrics and checkpoint are kept.

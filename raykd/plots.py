@@ -1,5 +1,6 @@
 """Figures of a finished search, drawn from its summary (``summary.json``): every trial's score
-(the search's metric, e.g. ``eval_f1`` or ``eval_accuracy``) by round. Matplotlib only (no MLflow, no Ray): :mod:`raykd.tracking` logs the figure to the study
+(the search's metric, e.g. ``eval_f1`` or ``eval_accuracy``) by round, and in a Pareto search the
+score against a cost with the front. Matplotlib only (no MLflow, no Ray): :mod:`raykd.tracking` logs the figure to the study
 run, and ``benchmarks/plot_rounds.py`` writes it for the README.
 """
 
@@ -9,7 +10,7 @@ from typing import Any
 
 # A summary row's own fields, with its scores (``eval_*``); every other key is a searched parameter.
 ROW_FIELDS = {"trial_id", "status", "score_round", "rounds", "planned_rounds", "stopped_early", "checkpoint_path",
-              "curve", "error"}
+              "curve", "error", "latency_ms", "params", "size_mb"}
 
 
 def _param(key: str) -> bool:
@@ -62,5 +63,44 @@ def rounds_figure(summary: dict[str, Any], title: str | None = None):
     ax.grid(alpha=0.3)
     # Below the axes: inside, it would hide the curves of the stopped trials.
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def front_figure(summary: dict[str, Any], cost: str | None = None):
+    """A Pareto search's trials, score against ``cost`` (default: the first cost objective): every
+    scored trial a dot (a cross when stopped early), the front joined and labelled, the latency
+    budget a dashed line and the best within it circled. Returns the matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = summary["metric"]
+    cost = cost or next(k for k, d in summary["objectives"] if d == "min")
+    on_front = set(summary.get("front") or [])
+    rows = [r for r in summary["trials"] if r.get(metric) is not None and r.get(cost) is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for stopped in (False, True):
+        pts = [r for r in rows if bool(r.get("stopped_early")) == stopped and r["trial_id"] not in on_front]
+        ax.scatter([r[cost] for r in pts], [r[metric] for r in pts], marker="x" if stopped else "o", color="grey",
+                   alpha=0.7, label="stopped early" if stopped else "dominated")
+    front = sorted((r for r in rows if r["trial_id"] in on_front), key=lambda r: r[cost])
+    ax.plot([r[cost] for r in front], [r[metric] for r in front], marker="o", color="tab:red", label="Pareto front")
+    for r in front:
+        ax.annotate(f" {r['trial_id']}", (r[cost], r[metric]), fontsize=7)
+    if summary.get("max_latency_ms") is not None and cost == "latency_ms":
+        ax.axvline(summary["max_latency_ms"], color="tab:blue", linestyle="--", linewidth=1,
+                   label=f"budget {summary['max_latency_ms']:g} ms")
+    best = summary.get("best")
+    if best and best.get(cost) is not None:
+        ax.plot(best[cost], best[metric], marker="o", markersize=14, fillstyle="none", color="tab:blue",
+                label="best" + (" within budget" if summary.get("max_latency_ms") is not None else ""))
+    unit = {"latency_ms": "latency (ms, measured)", "params": "parameters", "size_mb": "ONNX size (MB)"}.get(cost, cost)
+    ax.set_xlabel(unit)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} against {cost}: all trials, the front in red")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

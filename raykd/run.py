@@ -143,6 +143,13 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     for point in cfg.search.points_to_evaluate:
         spaces.check_point(point, params, cfg.source, cfg)
     preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
+    archs = None
+    if objective.needs_costs(cfg):
+        from raykd import architectures, onnx_export
+
+        architectures.check_space(params, cfg.source)
+        onnx_export.require_onnx()  # latency is measured in ONNX Runtime
+        archs = architectures.all_of(params, cfg)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
     from raykd import search as search_mod  # ray, optuna, torch: after the checks
     from raykd import teacher_cache
@@ -157,6 +164,12 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
           f"teacher logits {logits}", flush=True)
     n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
+    if archs is not None:
+        from raykd import architectures
+
+        # Measured here, on the driver, before any trial runs: one number per architecture, and
+        # no trial's training competes with a measurement for the cores.
+        the_plan.costs = architectures.measure(cfg, archs, study.teacher, cfg.data.cache_dir)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
           + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
@@ -188,12 +201,14 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if tracker:
         # The registered student answers with the winner's settings (a searched max_length,
         # doc_stride, n_best, teacher), not the base config's.
-        best = summary["best"] or {}
-        won = with_values(cfg, {p.key: best[p.key] for p in params if p.kind != "constant" and p.key in best})
+        def config_of(row: dict[str, Any]) -> RaykdConfig:
+            return with_values(cfg, {p.key: row[p.key] for p in params if p.kind != "constant" and p.key in row})
+
+        won = config_of(summary["best"] or {})
         teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher
         summary["mlflow"] = tracker.finish_study(
             parent, summary, won, teacher, spaces.searched_keys(params),
-            optuna_study=search_mod.load_optuna_study(cfg, summary["experiment_path"]))
+            optuna_study=search_mod.load_optuna_study(cfg, summary["experiment_path"]), config_of=config_of)
     print()
     print(search_mod.format_table(summary))
     best = summary["best"]
@@ -202,8 +217,17 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         print(f"\nbest trial {best['trial_id']}: {shown} (round {best['score_round']}, its {summary['trial_score']} round)")
         print("best config: " + json.dumps({k: best[k] for k in spaces.searched_keys(params)}))
         print(f"best checkpoint: {best['checkpoint_path']}")
-    if summary.get("mlflow", {}).get("registered_model"):
+    if summary.get("max_latency_ms") is not None and not best:
+        print(f"\n[raykd] no trial's student answers within search.max_latency_ms = {summary['max_latency_ms']:g} ms: "
+              "there is no best and nothing was registered as within the budget")
+    if summary.get("front") is not None:
+        print("\n" + search_mod.format_front(summary))
+        for f in summary.get("mlflow", {}).get("front", []):
+            print(f"registered model: {f['registered_model']} version {f['version']} (trial {f['trial_id']}"
+                  + (f", alias {f['alias']}" if f.get("alias") else "") + ")")
+    elif summary.get("mlflow", {}).get("registered_model"):
         m = summary["mlflow"]
-        print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})")
+        print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})"
+              + (f", alias {m['alias']}" if m.get("alias") else ""))
     print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
     return summary

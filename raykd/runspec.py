@@ -8,7 +8,7 @@ loss never ask which mode they are in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raykd import study_store
 from raykd.config import FINETUNE, RaykdConfig, with_values
@@ -46,10 +46,14 @@ class RunSpec:
     cfg: RaykdConfig
     study: Study
     eval_rounds: int | None = None
+    # The serving costs of this run's student architecture (latency_ms, params, size_mb),
+    # measured before the search; reported with every round. Empty outside a Pareto search.
+    costs: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, cfg: RaykdConfig, mode: str, study: Study, eval_rounds: int | None = None) -> RunSpec:
-        return cls(as_finetune(cfg) if mode == FINETUNE else cfg, study, eval_rounds)
+    def of(cls, cfg: RaykdConfig, mode: str, study: Study, eval_rounds: int | None = None,
+           costs: dict[str, float] | None = None) -> RunSpec:
+        return cls(as_finetune(cfg) if mode == FINETUNE else cfg, study, eval_rounds, dict(costs or {}))
 
     @property
     def in_search(self) -> bool:

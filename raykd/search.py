@@ -15,13 +15,14 @@ Optuna is told, what the summary ranks by and what the registry registers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import pickle
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import errors, objective, spaces, storage, train
+from raykd import architectures, errors, objective, pareto, spaces, storage, train
 from raykd.checkpoints import META_FILE
-from raykd.config import DISTILL, RaykdConfig, storage_root, with_values
+from raykd.config import COSTS, DISTILL, RaykdConfig, storage_root, with_values
 from raykd.errors import TrialFailed, UserError
+from raykd.fair_stopping import PerArchitectureScheduler
 from raykd.objective import MODE
 from raykd.prepare import prepare_study
 from raykd.runspec import RunSpec, Study
@@ -104,6 +106,47 @@ class TruthfulOptunaSearch(OptunaSearch):
             else:
                 result = {**result, self.metric: self._score[trial_id]}
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class ParetoOptunaSearch(TruthfulOptunaSearch):
+    """The multi-objective search (``search.objectives``): Optuna takes no intermediate values
+    from a multi-objective trial, so each trial is told once, when it ends: COMPLETE with
+    [its score under ``trial_score``, its costs...] when it ran its final round, PRUNED when the
+    scheduler stopped it (its low-fidelity score would mislead the sampler), FAIL on an error.
+    (Ray's OptunaSearch would tell a trial without the metrics as COMPLETE with None values,
+    which Optuna rejects, leaving the trial RUNNING in the study.)"""
+
+    def __init__(self, *args, score: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._score_key = score
+
+    def _better(self, a: float, b: float) -> float:
+        return max(a, b) if MODE == "max" else min(a, b)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or self._score_key not in result:
+            return
+        value = float(result[self._score_key])
+        prev = self._score.get(trial_id)
+        self._score[trial_id] = value if prev is None or self._trial_score == "last" else self._better(prev, value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result:
+            self.on_trial_result(trial_id, result)
+        values, state = None, optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
+        if not error and result and result.get("final", False) and trial_id in self._score \
+                and all(m in result for m in self.metric if m != self._score_key):
+            values = [self._score[trial_id] if m == self._score_key else float(result[m]) for m in self.metric]
+            state = optuna.trial.TrialState.COMPLETE
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as exc:
+            # Optuna's study (sqlite, written at once) already closed this trial on a resume.
+            if not isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) and "finished" not in str(exc):
+                raise
+        self._completed_trials.add(trial_id)
 
 
 class StudyBroker:
@@ -252,16 +295,24 @@ class RoundLines(tune.Callback):
 
 
 def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
-                  rounds: int, keep_by: str, study_keys: list[str], broker=None) -> None:
+                  rounds: int, keep_by: str, study_keys: list[str], broker=None,
+                  costs: dict[str, dict[str, float]] | None = None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
     reports become this trial's Tune results. The Train run is named after the trial, so a
-    resumed trial continues from its own checkpoint."""
+    resumed trial continues from its own checkpoint. ``costs``: each architecture's measured
+    serving costs (a Pareto search), of which the trial reports its own."""
     cfg = with_values(RaykdConfig.from_dict(base), config)
     if study_keys:
         study = ray.get(broker.get.remote({k: config[k] for k in study_keys}))
+    mine = None
+    if costs:
+        mine = costs.get(architectures.key_of(architectures.of_config(cfg)))
+        if mine is None:
+            raise TrialFailed(f"architecture {architectures.describe(architectures.of_config(cfg))} was not "
+                              "measured before the search")
     trial_id = tune.get_context().get_trial_id()
     trainer = train.build_trainer(
-        RunSpec.of(cfg, DISTILL, Study(**study), eval_rounds=rounds), name=trial_id,
+        RunSpec.of(cfg, DISTILL, Study(**study), eval_rounds=rounds, costs=mine), name=trial_id,
         storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
     )
     try:
@@ -327,6 +378,15 @@ class Plan:
     trial_score: str
     metric: str
     scores: list[tuple[str, str]]
+    # A Pareto search's objectives ((key, max/min), the score first) and budget, and the measured
+    # costs of every architecture the space can build ({architecture key: {cost: value}}).
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+    max_latency_ms: float | None = None
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def pareto(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def keep_by(self) -> str:
@@ -358,7 +418,8 @@ def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, wa
     # A first rung at the last round stops nothing: every trial there has finished.
     if s.scheduler == "fifo" or grace >= rounds:
         grace = None
-    return Plan(rounds, grace, s.trial_score, objective.metric(cfg), objective.scores(cfg))
+    return Plan(rounds, grace, s.trial_score, objective.metric(cfg), objective.scores(cfg),
+                objective.objectives(cfg), s.max_latency_ms)
 
 
 @dataclass
@@ -390,7 +451,8 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
                   study.__dict__})
     trainable = tune.with_resources(
         tune.with_parameters(_trial_driver, base=cfg.to_dict(), study=study.__dict__, runs_path=runs_path,
-                             rounds=the_plan.rounds, keep_by=the_plan.keep_by, study_keys=keys, broker=broker),
+                             rounds=the_plan.rounds, keep_by=the_plan.keep_by, study_keys=keys, broker=broker,
+                             costs=the_plan.costs or None),
         {"CPU": DRIVER_CPU},
     )
     # Tune's newer console output ignores a progress reporter (ProgressTable); the classic one,
@@ -405,25 +467,37 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
         return SearchSetup(tuner, experiment_path)
-    searcher = TruthfulOptunaSearch(
-        space=spaces.define_by_run(params),
-        study_name=s.name,
-        storage=optuna_storage(experiment_path),
-        metric=the_plan.metric,
-        mode=MODE,
-        sampler=optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials),
-        points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-        trial_score=the_plan.trial_score,
-    )
+    common = {"space": spaces.define_by_run(params), "study_name": s.name, "storage": optuna_storage(experiment_path),
+                  "points_to_evaluate": [spaces.optuna_point(p, params) for p in s.points_to_evaluate] or None,
+                  "trial_score": the_plan.trial_score}
+    tpe = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials)
+    if the_plan.pareto:
+        # Optuna's multi-objective samplers: TPE (MOTPE when given several objectives) or NSGA-II.
+        sampler = tpe if s.sampler == "tpe" else optuna.samplers.NSGAIISampler(seed=s.seed)
+        searcher = ParetoOptunaSearch(metric=[k for k, _ in the_plan.objectives],
+                                      mode=[d for _, d in the_plan.objectives], sampler=sampler,
+                                      score=the_plan.metric, **common)
+    else:
+        searcher = TruthfulOptunaSearch(metric=the_plan.metric, mode=MODE, sampler=tpe, **common)
     if the_plan.grace is None:
         scheduler = FIFOScheduler()
     else:
         # max_t one past the last round: a trial that completes ends by returning from fit() (Train
         # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
         # its placement group to Train's asynchronous cleaner.
-        scheduler = ResumableASHA(f"{experiment_path}/{ASHA_STATE}", last_round=the_plan.rounds, time_attr="round",
-                                  max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
-                                  reduction_factor=s.reduction_factor)
+        def asha(state_file: str) -> ResumableASHA:
+            return ResumableASHA(f"{experiment_path}/{state_file}", last_round=the_plan.rounds, time_attr="round",
+                                 max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
+                                 reduction_factor=s.reduction_factor)
+
+        if len(the_plan.costs) > 1:
+            # Students of different sizes are never compared with each other (raykd.fair_stopping).
+            scheduler = PerArchitectureScheduler(
+                architectures.KeyOf(architectures.of_config(cfg)),
+                lambda key: asha(f"asha_state-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pkl"),
+                keys=list(the_plan.costs))
+        else:
+            scheduler = asha(ASHA_STATE)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -480,7 +554,8 @@ def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbac
     it started, while its trials would take rounds and checkpoint rules from the current config:
     a changed setting would be half applied, so it is refused. The plan is recorded at the start."""
     record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
-              "metric": the_plan.metric,
+              "metric": the_plan.metric, "objectives": [list(o) for o in the_plan.objectives],
+              "max_latency_ms": the_plan.max_latency_ms,
               "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
               "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
     fs, path = storage.filesystem(f"{storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
@@ -631,15 +706,40 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
             "stopped_early": not final and not result.error and not unfinished,
             "checkpoint_path": best.get("checkpoint_path"),
             "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[metric])],
+            # The architecture's serving costs (the same in every round).
+            **{k: float(last[k]) for k in COSTS if k in last and last[k] == last[k]},
         })
         rows.append(row)
+    out = {"metric": metric, "scores": score_keys, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
+           "grace_period": the_plan.grace, "trials": rows}
+    return {**out, **_front_and_best(rows, the_plan)}
+
+
+def _front_and_best(rows: list[dict[str, Any]], the_plan: Plan) -> dict[str, Any]:
+    """The best trial: the best score over the trials that count; within search.max_latency_ms
+    when a budget is set. In a Pareto search also the objectives and the front (trial ids, best
+    score first)."""
+    metric = the_plan.metric
     # A failed trial's rounds before the failure are real, but its run did not end as configured:
     # the winner comes from trials that ran their schedule (or were stopped by the scheduler).
     scored = [r for r in rows if r[metric] is not None and r["status"] not in ("UNFINISHED", "FAILED")]
-    pick = max if MODE == "max" else min
-    best_row = pick(scored, key=lambda r: r[metric]) if scored else None
-    return {"metric": metric, "scores": score_keys, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
-            "grace_period": the_plan.grace, "trials": rows, "best": best_row}
+    out: dict[str, Any] = {}
+    if the_plan.max_latency_ms is not None:
+        # The winner answers within the budget: a faster student may score lower than the best
+        # (among equal scores, the fastest: the pick is on the F1/latency front).
+        out["max_latency_ms"] = the_plan.max_latency_ms
+        out["over_budget"] = sorted(r["trial_id"] for r in scored if r["latency_ms"] > the_plan.max_latency_ms)
+        out["best"] = pareto.best_under_budget(scored, pareto.Objective(metric, MODE), "latency_ms",
+                                               the_plan.max_latency_ms)
+    else:
+        pick = max if MODE == "max" else min
+        out["best"] = pick(scored, key=lambda r: r[metric]) if scored else None
+    if the_plan.pareto:
+        objs = pareto.objectives(the_plan.objectives)
+        out["objectives"] = [[o.name, o.direction] for o in objs]
+        # Every scored trial competes (a stopped one too): no front point is dominated by any trial.
+        out["front"] = [r["trial_id"] for r in pareto.front(scored, objs)]
+    return out
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -664,3 +764,25 @@ def format_table(summary: dict[str, Any]) -> str:
     out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
     out += [f"{r['trial_id']} FAILED: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out)
+
+
+def format_front(summary: dict[str, Any]) -> str:
+    """The Pareto front, best score first: each point's score, other scores and costs."""
+    rows = {r["trial_id"]: r for r in summary["trials"]}
+    keys = [*summary["scores"], *(k for k, d in summary["objectives"] if d == "min" and k not in summary["scores"])]
+    keys += [k for k in COSTS if k not in keys]
+    head = ["trial", *keys]
+    cells = [[t, *(_cost_cell(k, rows[t].get(k)) for k in keys)] for t in summary["front"]]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    lines = [(f"Pareto front ({' vs '.join(f'{k} {d}' for k, d in summary['objectives'])}): {len(cells)} of "
+             f"{len(rows)} trials"), "  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    return "\n".join(lines)
+
+
+def _cost_cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if key == "params":
+        return f"{value / 1e6:.1f}M"
+    return f"{value:.2f}"

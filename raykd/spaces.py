@@ -18,6 +18,7 @@ and compared by its current name.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import typing
 from dataclasses import dataclass
@@ -142,14 +143,18 @@ class DefineByRun:
         self.params = list(params)
 
     def __call__(self, trial) -> dict[str, Any]:
+        fixed = {p.key: p.value for p in self.params if p.kind == "constant"}
         for p in self.params:
             if p.kind in ("uniform", "loguniform"):
                 trial.suggest_float(p.key, p.low, p.high, log=p.kind == "loguniform")
             elif p.kind in ("int", "qint"):
                 trial.suggest_int(p.key, int(p.low), int(p.high), step=p.step or 1)
+            elif p.kind == "choice" and encoded(p):
+                # Optuna's choices are scalars: a list (a layer list) is chosen by its JSON text,
+                # and the trial's config gets the list back.
+                fixed[p.key] = json.loads(trial.suggest_categorical(p.key, [json.dumps(v) for v in p.values]))
             elif p.kind == "choice":
                 trial.suggest_categorical(p.key, list(p.values))
-        fixed = {p.key: p.value for p in self.params if p.kind == "constant"}
         for p in self.params:
             if p.kind == "complement":
                 fixed[p.key] = 1.0 - trial.params[p.of]
@@ -157,6 +162,17 @@ class DefineByRun:
 
 
 define_by_run = DefineByRun
+
+
+def encoded(p: Param) -> bool:
+    """Whether Optuna sees this choice's values as JSON text (values that are not scalars)."""
+    return p.kind == "choice" and any(isinstance(v, (list, dict)) for v in p.values)
+
+
+def optuna_point(point: dict[str, Any], params: list[Param]) -> dict[str, Any]:
+    """A point to evaluate as Optuna knows its values (encoded choices as their JSON text)."""
+    by_key = {p.key: p for p in params}
+    return {k: json.dumps(v) if k in by_key and encoded(by_key[k]) else v for k, v in point.items()}
 
 
 def searched_keys(params: list[Param]) -> list[str]:

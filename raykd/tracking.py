@@ -212,8 +212,10 @@ def reopen_study(parent_run_id: str) -> None:
 
 
 def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher: str | None,
-                 searched: list[str], optuna_study=None) -> dict[str, Any]:
-    """Best trial's params and metrics, the plots, and the best student (logged + registered)."""
+                 searched: list[str], optuna_study=None, config_of=None) -> dict[str, Any]:
+    """Best trial's params and metrics, the plots, and the best student (logged + registered); in
+    a Pareto search every student of the front. ``config_of(row)``: the config a trial ran with
+    (its serving settings); default ``cfg``."""
     out: dict[str, Any] = {"run_id": run_id}
     with mlflow.start_run(run_id=run_id):
         best = summary.get("best")
@@ -223,10 +225,58 @@ def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher
             mlflow.set_tag("raykd.best_trial", best["trial_id"])
         mlflow.log_dict(summary, "summary.json")
         _log_plots(summary, optuna_study)
-        if best and best.get("checkpoint_path"):
+        alias = BUDGET_ALIAS if summary.get("max_latency_ms") is not None else None
+        if summary.get("front") is not None:
+            mlflow.log_dict({"objectives": summary["objectives"], "front": summary["front"]}, "pareto_front.json")
+            out["front"] = _log_front(summary, config_of or (lambda row: cfg), teacher)
+            winner = next((f for f in out["front"] if best and f["trial_id"] == best["trial_id"]), None)
+            if winner:
+                out.update({k: v for k, v in winner.items() if k != "trial_id"})
+        elif best and best.get("checkpoint_path"):
             # The checkpoint may live in a bucket (a cloud storage_path): logged from a local copy.
             with storage.local_copy(best["checkpoint_path"]) as ckpt_dir:
-                out.update(log_student(ckpt_dir, cfg, teacher, best, study=cfg.search.name))
+                out.update(log_student(ckpt_dir, cfg, teacher, best, study=cfg.search.name, alias=alias,
+                                       tags=_cost_tags(best)))
+    return out
+
+
+# The registered version that is the best student within search.max_latency_ms.
+BUDGET_ALIAS = "within-budget"
+
+
+def _cost_tags(row: dict[str, Any]) -> dict[str, str]:
+    return {k: f"{row[k]:.4g}" for k in ("latency_ms", "params", "size_mb") if row.get(k) is not None}
+
+
+def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[dict[str, Any]]:
+    """Each point of the Pareto front: a nested run ``front-<trial>`` holding the student exported
+    to ONNX (parity-checked, timed) and logged as a pyfunc model that carries the ONNX folder,
+    registered as a version tagged with its costs and score; the best within the latency budget
+    gets the alias."""
+    from raykd import onnx_export
+
+    rows = {r["trial_id"]: r for r in summary["trials"]}
+    best = summary.get("best") or {}
+    budget = summary.get("max_latency_ms") is not None
+    out = []
+    for trial_id in summary["front"]:
+        row = rows[trial_id]
+        if not row.get("checkpoint_path"):
+            continue
+        cfg = config_of(row)
+        with mlflow.start_run(run_name=f"front-{trial_id}", nested=True), \
+                storage.local_copy(row["checkpoint_path"]) as ckpt_dir, \
+                tempfile.TemporaryDirectory(prefix="raykd-onnx-") as onnx_dir:
+            report = onnx_export.export_student(ckpt_dir, onnx_dir, max_length=cfg.data.max_length, lc=cfg.latency)
+            mlflow.log_metrics({"onnx_latency_ms": report.latency.median_ms, "onnx_max_abs_diff": report.parity.max_abs_diff,
+                                **{k: float(row[k]) for k in ("latency_ms", "params", "size_mb") if row.get(k) is not None}})
+            mlflow.set_tags({"raykd.trial_id": trial_id, "raykd.pareto_front": "true"})
+            tags = {**_cost_tags(row), "trial_id": trial_id, "onnx_max_abs_diff": f"{report.parity.max_abs_diff:.3g}",
+                    "onnx_parity_ok": str(bool(report.parity.ok)).lower()}
+            alias = BUDGET_ALIAS if budget and best.get("trial_id") == trial_id else None
+            logged = log_student(ckpt_dir, cfg, teacher, row, study=cfg.search.name, onnx_dir=onnx_dir, tags=tags,
+                                 alias=alias)
+        out.append({"trial_id": trial_id, **logged})
     return out
 
 
@@ -241,6 +291,10 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
     fig = plots.rounds_figure(summary)
     mlflow.log_figure(fig, f"plots/{summary['metric']}_by_round.png")
     plt.close(fig)
+    if summary.get("front"):
+        fig = plots.front_figure(summary)
+        mlflow.log_figure(fig, "plots/pareto_front.png")
+        plt.close(fig)
     if study is None:
         return
     import optuna
@@ -368,8 +422,11 @@ def _dir_size_mb(path: Path) -> float:
 
 
 def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best: dict[str, Any],
-                study: str | None, register: bool | None = None) -> dict[str, Any]:
-    """Log the checkpoint as a pyfunc model in the active run (+ metrics), register it if asked."""
+                study: str | None, register: bool | None = None, onnx_dir: str | None = None,
+                tags: dict[str, str] | None = None, alias: str | None = None) -> dict[str, Any]:
+    """Log the checkpoint as a pyfunc model in the active run (+ metrics), register it if asked.
+    ``onnx_dir``: an ``export`` folder the model carries as its ``onnx`` artifact; ``tags`` go on
+    the registered version, ``alias`` names it."""
     import raykd
 
     task = tasks.get(cfg.task)
@@ -398,7 +455,8 @@ def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best
         try:
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME, python_model=StudentModel(),
-                artifacts={"model": str(model_dir), "settings": str(settings)},
+                artifacts={"model": str(model_dir), "settings": str(settings),
+                           **({"onnx": onnx_dir} if onnx_dir else {})},
                 code_paths=[str(Path(raykd.__file__).parent)],
                 signature=sig, input_example=example, pip_requirements=model_requirements(),
             )
@@ -420,5 +478,9 @@ def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best
         client.set_model_version_tag(name, version, "teacher", str(teacher))
         client.set_model_version_tag(name, version, "task", task.name)
         client.set_model_version_tag(name, version, metric, f"{best.get(metric, 0.0):.4f}")
-        out.update({"registered_model": name, "version": version})
+        for key, value in (tags or {}).items():
+            client.set_model_version_tag(name, version, key, value)
+        if alias:
+            client.set_registered_model_alias(name, alias, version)
+        out.update({"registered_model": name, "version": version, **({"alias": alias} if alias else {})})
     return out

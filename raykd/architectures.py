@@ -1,0 +1,130 @@
+"""The student architectures a search can build, and what each costs to serve.
+
+A trial's architecture is chosen by :data:`KEYS` (which checkpoint, or which teacher layers from
+which source). The search enumerates every combination its space allows, measures each once on
+the driver before any trial starts (``raykd.latency``: ONNX Runtime latency at the study's
+``max_length``, parameters, ONNX size; cached on disk per architecture), and hands every trial the
+costs of its own architecture, which it reports with every round. No Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from raykd import spaces
+from raykd.config import RaykdConfig, canonical, with_values
+from raykd.errors import UserError
+
+# The config keys that decide a student's architecture.
+KEYS = ("models.student", "models.init_from_teacher_layers", "models.init_from")
+# Keys that would change a measured latency without changing the architecture key: searching
+# them together with costs is refused (one measurement per architecture would be wrong).
+SHAPE_KEYS = ("data.max_length",)
+
+
+def key_of(values: Mapping[str, Any]) -> str:
+    """An architecture's key: its :data:`KEYS` values as canonical JSON (what
+    :class:`raykd.fair_stopping.ArchitectureOf` computes from a trial's config)."""
+    return json.dumps({k: values.get(k) for k in KEYS}, sort_keys=True, default=str)
+
+
+def of_config(cfg: RaykdConfig) -> dict[str, Any]:
+    return {"models.student": cfg.models.student, "models.init_from_teacher_layers": cfg.models.init_from_teacher_layers,
+            "models.init_from": cfg.models.init_from}
+
+
+def searched(params: list[spaces.Param]) -> list[str]:
+    """The architecture keys the space varies (as the space writes them)."""
+    return [p.key for p in params if canonical(p.key) in KEYS and p.kind != "constant"]
+
+
+def all_of(params: list[spaces.Param], base: RaykdConfig) -> list[dict[str, Any]]:
+    """Every architecture a trial can have: each combination of the searched keys' choices on top
+    of the base config (which the space's constants are already part of)."""
+    keys = searched(params)
+    for k in keys:
+        p = next(q for q in params if q.key == k)
+        if p.kind != "choice":
+            raise spaces.SpaceError(f"{base.source or 'config'}: space.{k}: an architecture key is searched as a "
+                                    "choice (a list of values)")
+    combos = itertools.product(*(spaces.values_of(params, base, k) for k in keys))
+    out, seen = [], set()
+    for combo in combos:
+        values = {**of_config(base), **{canonical(k): v for k, v in zip(keys, combo)}}
+        if key_of(values) not in seen:
+            seen.add(key_of(values))
+            out.append(values)
+    return out
+
+
+def check_space(params: list[spaces.Param], source: str | None) -> None:
+    """With serving costs in the search, a searched shape key would make one architecture's
+    single measurement wrong for some of its trials: refused."""
+    for p in params:
+        if canonical(p.key) in SHAPE_KEYS and p.kind != "constant":
+            raise spaces.SpaceError(f"{source or 'config'}: space.{p.key}: cannot be searched together with serving "
+                                    "costs (latency is measured once per architecture at one max_length); fix it")
+
+
+class CostError(UserError):
+    """An architecture whose cost cannot be measured; the message names it."""
+
+
+def measure(cfg: RaykdConfig, architectures: list[dict[str, Any]], teacher: str, cache_dir: str | Path,
+            say: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """{architecture key: {latency_ms, params, size_mb}} for each architecture, measured on this
+    machine (or taken from the cache in ``cache_dir``) with ``cfg.latency`` at ``data.max_length``."""
+    from raykd import latency, tasks
+
+    cache = latency.LatencyCache(Path(cache_dir) / "latency")
+    task = tasks.get(cfg.task)
+    out = {}
+    for values in architectures:
+        arch_cfg = with_values(cfg, values)
+        m = arch_cfg.models
+        try:
+            config = latency.student_config(m.student, m.init_from_teacher_layers, m.init_from or teacher)
+            for name, value in task.head(arch_cfg).config:
+                setattr(config, name, value)
+            head = concrete_class(task.head(arch_cfg).auto_class, config)
+            key, measured, fresh = latency.measure_architecture(config, head, cfg.data.max_length, cfg.latency, cache)
+        except (OSError, ValueError, latency.LatencyError) as exc:
+            raise CostError(f"architecture {describe(values)}: cannot measure its latency: {exc}") from None
+        out[key_of(values)] = measured.metrics()
+        say(f"[raykd] {describe(values)} ({key.label}): {measured.latency_ms:.1f} ms, "
+            f"{measured.params / 1e6:.1f} M parameters, {measured.size_mb:.1f} MB "
+            f"({'measured' if fresh else 'cached'})")
+    return out
+
+
+def concrete_class(auto_class: str, config: Any) -> str:
+    """The transformers class an auto class builds for ``config`` (``BertForQuestionAnswering``)."""
+    import transformers
+
+    auto = getattr(transformers, auto_class)
+    return auto._model_mapping[type(config)].__name__
+
+
+def describe(values: Mapping[str, Any]) -> str:
+    """``student distilbert-base-uncased`` or ``layers [0, 2, 4] of <source>``."""
+    layers = values.get("models.init_from_teacher_layers")
+    if layers:
+        return f"layers {list(layers)}" + (f" of {values['models.init_from']}" if values.get("models.init_from") else
+                                           " of the teacher")
+    return f"student {values.get('models.student')}"
+
+
+class KeyOf:
+    """A trial's architecture key from its config (the sampled values on top of ``base``, the
+    base config's architecture values). Picklable: the per-architecture scheduler holding it is
+    saved with the search."""
+
+    def __init__(self, base: Mapping[str, Any]):
+        self.base = dict(base)
+
+    def __call__(self, config: Mapping[str, Any]) -> str:
+        return key_of({**self.base, **{canonical(k): v for k, v in config.items() if canonical(k) in KEYS}})

@@ -1,0 +1,173 @@
+"""The Pareto search end to end: the student's depth searched with the distillation settings,
+each architecture's latency measured once before the trials, Optuna told [F1, latency] per trial,
+one ASHA per architecture, the front in the summary, and every front point exported to ONNX and
+registered in MLflow with its costs; the best within the latency budget gets the alias. Also the
+pieces the search is built from: layer lists in the space, the architecture keys, the summary's
+front and budget pick, the objectives' checks."""
+
+import json
+import os
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from raykd import architectures, pareto, search, spaces
+from raykd.config import ConfigError, RaykdConfig, load_config
+
+# --- pieces -------------------------------------------------------------------------------------
+
+LAYERS = [[0], [0, 1, 2, 3]]
+
+
+def test_layer_lists_are_chosen_through_optuna_as_text_and_reach_the_trial_as_lists():
+    params = spaces.parse({"models.init_from_teacher_layers": {"type": "choice", "values": LAYERS}}, "s.yaml")
+    (p,) = params
+    assert spaces.encoded(p)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = []
+    for _ in range(6):
+        trial = study.ask()
+        fixed = spaces.define_by_run(params)(trial)
+        assert trial.params["models.init_from_teacher_layers"] in ("[0]", "[0, 1, 2, 3]")
+        seen.append(fixed["models.init_from_teacher_layers"])
+        study.tell(trial, 0.0)
+    assert all(v in LAYERS for v in seen) and len({json.dumps(v) for v in seen}) == 2
+    point = spaces.optuna_point({"models.init_from_teacher_layers": [0], "optim.learning_rate": 1e-3}, params)
+    assert point == {"models.init_from_teacher_layers": "[0]", "optim.learning_rate": 1e-3}
+
+
+def test_every_architecture_of_a_space_is_enumerated_once_and_keyed_like_a_trial():
+    base = RaykdConfig.from_dict({"models": {"init_from_teacher_layers": [0, 1], "init_from": "base"}})
+    params = spaces.parse({"models.init_from_teacher_layers": {"type": "choice", "values": LAYERS + [[0]]},
+                           "distill.temperature": {"type": "uniform", "low": 1, "high": 4}}, "s.yaml")
+    archs = architectures.all_of(params, base)
+    assert [a["models.init_from_teacher_layers"] for a in archs] == LAYERS
+    assert all(a["models.init_from"] == "base" for a in archs)
+    key_of = architectures.KeyOf(architectures.of_config(base))
+    trial_config = {"models.init_from_teacher_layers": [0, 1, 2, 3], "distill.temperature": 2.0}
+    assert key_of(trial_config) == architectures.key_of(archs[1])
+    with pytest.raises(spaces.SpaceError, match="cannot be searched together with serving costs"):
+        architectures.check_space(spaces.parse({"data.max_length": {"type": "choice", "values": [64, 128]}}), "s.yaml")
+
+
+@pytest.mark.parametrize("objectives, words", [
+    (["eval_f1"], ["one score", "at least one cost"]),
+    (["eval_f1", "eval_exact_match", "latency_ms"], ["one score"]),
+    (["eval_f1", "speed"], ["'speed' is neither a score"]),
+    (["eval_f1", "latency_ms", "latency_ms"], ["given twice"]),
+])
+def test_objectives_are_checked(objectives, words):
+    with pytest.raises(ConfigError) as err:
+        RaykdConfig.from_dict({"search": {"objectives": objectives}}, source="s.yaml")
+    for word in words:
+        assert word in str(err.value)
+    with pytest.raises(ConfigError, match="search.metric: 'eval_exact_match', but search.objectives scores 'eval_f1'"):
+        RaykdConfig.from_dict({"search": {"objectives": ["eval_f1", "latency_ms"], "metric": "eval_exact_match"}})
+    with pytest.raises(ConfigError, match="max_latency_ms: must be > 0"):
+        RaykdConfig.from_dict({"search": {"max_latency_ms": 0}})
+
+
+def _row(tid, f1, latency, status="COMPLETED"):
+    return {"trial_id": tid, "status": status, "eval_f1": f1, "eval_exact_match": f1 - 5, "latency_ms": latency,
+            "params": latency * 1e5, "size_mb": latency, "stopped_early": status == "STOPPED"}
+
+
+def test_the_summary_front_and_the_best_within_the_budget():
+    rows = [_row("a", 50, 10), _row("b", 60, 20), _row("c", 55, 25), _row("d", 40, 5, "STOPPED"),
+            _row("e", 70, 40), {**_row("f", 99, 1), "status": "FAILED"}]
+    plan = search.Plan(4, 2, "best", "eval_f1", [("eval_f1", "eval_f1")], [("eval_f1", "max"), ("latency_ms", "min")],
+                       max_latency_ms=22.0)
+
+    # summarize reads Tune results; its front/budget logic is checked on rows directly.
+    out = search._front_and_best(rows, plan)
+    assert out["front"] == ["e", "b", "a", "d"]
+    assert out["best"]["trial_id"] == "b" and out["over_budget"] == ["c", "e"]
+    objs = pareto.objectives(plan.objectives)
+    scored = [r for r in rows if r["status"] != "FAILED"]
+    for tid in out["front"]:
+        assert not pareto.dominators(next(r for r in rows if r["trial_id"] == tid), scored, objs)
+    text = search.format_front({**out, "trials": rows, "scores": ["eval_f1", "eval_exact_match"]})
+    assert text.splitlines()[0].startswith("Pareto front (eval_f1 max vs latency_ms min): 4 of 6 trials")
+    nothing = search._front_and_best(rows, search.Plan(4, 2, "best", "eval_f1", [], [("eval_f1", "max")],
+                                                       max_latency_ms=1.0))
+    assert nothing["best"] is None and "front" not in nothing
+
+
+# --- the search, end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_a_two_objective_search_finds_registers_and_exports_its_front(local_ray, tmp_path, tiny_models):
+    pytest.importorskip("onnxruntime")
+    from mlflow import MlflowClient
+
+    from raykd import run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = {
+        "data": {"synthetic": True, "synthetic_train_size": 160, "synthetic_eval_size": 32, "max_length": 64,
+                 "doc_stride": 24, "cache_dir": str(tmp_path / "cache")},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["bert"]),
+                   "init_from_teacher_layers": [0, 1]},
+        "optim": {"num_epochs": 1, "batch_size": 16, "warmup_ratio": 0.0},
+        "search": {"name": "pareto", "storage_path": str(tmp_path / "results"), "num_samples": 4, "rounds": 2,
+                   "grace_period": 1, "seed": 0, "n_startup_trials": 2, "objectives": ["eval_f1", "latency_ms"],
+                   "max_latency_ms": 10000.0},
+        "latency": {"runs": 5, "warmup_runs": 1, "threads": 1},
+        "tracking": {"tracking_uri": uri, "experiment_name": "pareto", "registered_model_name": "pareto-student"},
+        "space": {"optim.learning_rate": {"type": "loguniform", "low": 1e-4, "high": 3e-3},
+                  "models.init_from_teacher_layers": {"type": "choice", "values": LAYERS}},
+    }
+    path = tmp_path / "pareto.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    summary = run.search(load_config(str(path)))
+    rows = [r for r in summary["trials"] if r["status"] in ("COMPLETED", "STOPPED")]
+    assert len(rows) == 4
+    # Each trial carries its architecture's measured latency: one number per depth, deeper is slower.
+    by_depth = {}
+    for r in rows:
+        by_depth.setdefault(len(r["models.init_from_teacher_layers"]), set()).add(r["latency_ms"])
+    assert all(len(v) == 1 for v in by_depth.values())
+    if len(by_depth) == 2:
+        assert min(by_depth[1]) < min(by_depth[4])
+    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 2  # both depths, measured once
+    # The front: non-empty, and no trial dominates a point of it.
+    objs = pareto.objectives([("eval_f1", "max"), ("latency_ms", "min")])
+    assert summary["front"]
+    for tid in summary["front"]:
+        point = next(r for r in rows if r["trial_id"] == tid)
+        assert not pareto.dominators(point, rows, objs)
+    # Optuna was told [score, latency] for every trial that ran its schedule; stopped ones PRUNED.
+    study = optuna.load_study(study_name="pareto", storage=f"sqlite:///{summary['experiment_path']}/optuna.db")
+    for t in study.trials:
+        assert t.state.name in ("COMPLETE", "PRUNED")
+        if t.state.name == "COMPLETE":
+            assert len(t.values) == 2
+    assert sum(t.state.name == "PRUNED" for t in study.trials) == sum(r["stopped_early"] for r in rows)
+    # Every front point is a registered version with its costs and score, carrying its ONNX file;
+    # the best within the budget has the alias.
+    client = MlflowClient(tracking_uri=uri)
+    versions = client.search_model_versions("name='pareto-student'")
+    tagged = {v.tags["trial_id"]: v for v in versions}
+    assert set(tagged) == set(summary["front"])
+    for tid, v in tagged.items():
+        row = next(r for r in rows if r["trial_id"] == tid)
+        assert float(v.tags["latency_ms"]) == pytest.approx(row["latency_ms"], rel=1e-3)
+        assert float(v.tags["eval_f1"]) == pytest.approx(row["eval_f1"], abs=1e-3)
+        assert int(float(v.tags["params"])) > 0 and v.tags["onnx_parity_ok"] == "true"
+        local = client.download_artifacts(v.run_id, "", str(tmp_path / f"dl-{tid}"))
+        assert list(Path(local).rglob("model.onnx")), f"version {v.version} carries no ONNX file"
+    alias = client.get_model_version_by_alias("pareto-student", "within-budget")
+    assert alias.tags["trial_id"] == summary["best"]["trial_id"]
