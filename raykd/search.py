@@ -508,7 +508,8 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
             name=s.name, storage_path=root, callbacks=[RoundLines(the_plan.rounds, the_plan.scores), *callbacks],
             verbose=1, progress_reporter=ProgressTable(spaces.searched_keys(params)
                                                        + [p.key for p in params if p.kind == "complement"],
-                                                       the_plan.scores)),
+                                                       the_plan.scores
+                                                       + ([("latency_ms", "ms")] if the_plan.costs else []))),
     )
     return SearchSetup(tuner, experiment_path)
 
