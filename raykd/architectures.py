@@ -24,6 +24,8 @@ KEYS = ("models.student", "models.init_from_teacher_layers", "models.init_from")
 # Keys that would change a measured latency without changing the architecture key: searching
 # them together with costs is refused (one measurement per architecture would be wrong).
 SHAPE_KEYS = ("data.max_length",)
+# Keys that would change which architecture a layer-built student has (its layers' source).
+SOURCE_KEYS = ("models.teacher",)
 
 
 def key_of(values: Mapping[str, Any]) -> str:
@@ -68,6 +70,20 @@ def check_space(params: list[spaces.Param], source: str | None) -> None:
         if canonical(p.key) in SHAPE_KEYS and p.kind != "constant":
             raise spaces.SpaceError(f"{source or 'config'}: space.{p.key}: cannot be searched together with serving "
                                     "costs (latency is measured once per architecture at one max_length); fix it")
+        if canonical(p.key) in SOURCE_KEYS and p.kind != "constant":
+            raise spaces.SpaceError(f"{source or 'config'}: space.{p.key}: cannot be searched together with serving "
+                                    "costs (a student built from the teacher's layers would change architecture "
+                                    "with it, unmeasured); search students of one teacher")
+
+
+def check_budget(costs: dict[str, dict[str, float]], budget: float | None, source: str | None) -> None:
+    """With a latency budget no architecture meets, every trial would be wasted: refused."""
+    if budget is None or not costs:
+        return
+    fastest = min(c["latency_ms"] for c in costs.values())
+    if fastest > budget:
+        raise CostError(f"{source or 'config'}: search.max_latency_ms {budget:g}: no architecture of the space answers "
+                        f"within it (the fastest takes {fastest:.1f} ms here); raise the budget or add smaller students")
 
 
 class CostError(UserError):

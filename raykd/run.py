@@ -170,6 +170,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         # Measured here, on the driver, before any trial runs: one number per architecture, and
         # no trial's training competes with a measurement for the cores.
         the_plan.costs = architectures.measure(cfg, archs, study.teacher, cfg.data.cache_dir)
+        architectures.check_budget(the_plan.costs, cfg.search.max_latency_ms, cfg.source)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
           + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
@@ -223,8 +224,11 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if summary.get("front") is not None:
         print("\n" + search_mod.format_front(summary))
         for f in summary.get("mlflow", {}).get("front", []):
-            print(f"registered model: {f['registered_model']} version {f['version']} (trial {f['trial_id']}"
-                  + (f", alias {f['alias']}" if f.get("alias") else "") + ")")
+            if f.get("registered_model"):
+                print(f"registered model: {f['registered_model']} version {f['version']} (trial {f['trial_id']}"
+                      + (f", alias {f['alias']}" if f.get("alias") else "") + ")")
+            else:
+                print(f"logged model: {f['model_uri']} (trial {f['trial_id']})")
     elif summary.get("mlflow", {}).get("registered_model"):
         m = summary["mlflow"]
         print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})"

@@ -361,7 +361,9 @@ def optuna_trials(cfg: RaykdConfig, experiment_path: str) -> list[dict[str, Any]
     if study is None:
         return []
     return [
-        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+        # A multi-objective trial has values, and no value (Optuna refuses to give one).
+        {"number": t.number, "state": t.state.name, "value": t.values[0] if t.values and len(t.values) == 1 else None,
+         "values": t.values, "params": t.params,
          "intermediate": {int(k): v for k, v in t.intermediate_values.items()}}
         for t in study.trials
     ]
@@ -473,7 +475,10 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
     tpe = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials)
     if the_plan.pareto:
         # Optuna's multi-objective samplers: TPE (MOTPE when given several objectives) or NSGA-II.
-        sampler = tpe if s.sampler == "tpe" else optuna.samplers.NSGAIISampler(seed=s.seed)
+        # NSGA-II's default generation (50) is more trials than a search usually has: it would
+        # never leave its random first generation.
+        sampler = tpe if s.sampler == "tpe" else optuna.samplers.NSGAIISampler(
+            seed=s.seed, population_size=max(2, min(50, s.num_samples // 2)))
         searcher = ParetoOptunaSearch(metric=[k for k, _ in the_plan.objectives],
                                       mode=[d for _, d in the_plan.objectives], sampler=sampler,
                                       score=the_plan.metric, **common)
@@ -556,7 +561,10 @@ def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbac
     a changed setting would be half applied, so it is refused. The plan is recorded at the start."""
     record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
               "metric": the_plan.metric, "objectives": [list(o) for o in the_plan.objectives],
-              "max_latency_ms": the_plan.max_latency_ms,
+              "max_latency_ms": the_plan.max_latency_ms, "sampler": cfg.search.sampler,
+              # What each architecture was measured to cost: re-measured differently (another
+              # latency: setting, machine), finished and resumed trials would not compare.
+              "costs": the_plan.costs or None,
               "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
               "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
     fs, path = storage.filesystem(f"{storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
@@ -732,6 +740,11 @@ def _front_and_best(rows: list[dict[str, Any]], the_plan: Plan) -> dict[str, Any
         out["over_budget"] = sorted(r["trial_id"] for r in scored if r["latency_ms"] > the_plan.max_latency_ms)
         out["best"] = pareto.best_under_budget(scored, pareto.Objective(metric, MODE), "latency_ms",
                                                the_plan.max_latency_ms)
+    elif the_plan.pareto:
+        # The best score; among equal scores the cheapest, in the objectives' order: on the front.
+        costs = [k for k, d in the_plan.objectives if d == "min"]
+        out["best"] = max(scored, key=lambda r: (r[metric] if MODE == "max" else -r[metric],
+                                                 *(-r[c] for c in costs))) if scored else None
     else:
         pick = max if MODE == "max" else min
         out["best"] = pick(scored, key=lambda r: r[metric]) if scored else None

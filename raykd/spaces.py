@@ -229,6 +229,7 @@ REJECTED = {
     "data.synthetic_seed": _EVAL_DATA,
     "data.max_eval_samples": _EVAL_DATA,
     "data.cache_dir": "is where the study is stored, not a hyperparameter",
+    "latency": "is how every architecture's cost is measured, once, before the trials",
     "models.teacher_finetune": "makes the study's one teacher before any trial starts; fine-tune the "
                                "teachers first and search models.teacher over their folders",
     "optim.eval_every_steps": "has no effect in a search: every trial evaluates search.rounds times, at "

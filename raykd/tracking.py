@@ -259,7 +259,10 @@ def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[
     best = summary.get("best") or {}
     budget = summary.get("max_latency_ms") is not None
     out = []
-    for trial_id in summary["front"]:
+    # The best (within the budget) is registered even when it is off the front (a budget on
+    # latency_ms with another cost as objective), so that it can carry the alias.
+    chosen = list(summary["front"]) + ([best["trial_id"]] if best and best["trial_id"] not in summary["front"] else [])
+    for trial_id in chosen:
         row = rows[trial_id]
         if not row.get("checkpoint_path"):
             continue
@@ -270,7 +273,7 @@ def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[
             report = onnx_export.export_student(ckpt_dir, onnx_dir, max_length=cfg.data.max_length, lc=cfg.latency)
             mlflow.log_metrics({"onnx_latency_ms": report.latency.median_ms, "onnx_max_abs_diff": report.parity.max_abs_diff,
                                 **{k: float(row[k]) for k in ("latency_ms", "params", "size_mb") if row.get(k) is not None}})
-            mlflow.set_tags({"raykd.trial_id": trial_id, "raykd.pareto_front": "true"})
+            mlflow.set_tags({"raykd.trial_id": trial_id, "raykd.pareto_front": str(trial_id in summary["front"]).lower()})
             tags = {**_cost_tags(row), "trial_id": trial_id, "onnx_max_abs_diff": f"{report.parity.max_abs_diff:.3g}",
                     "onnx_parity_ok": str(bool(report.parity.ok)).lower()}
             alias = BUDGET_ALIAS if budget and best.get("trial_id") == trial_id else None

@@ -171,3 +171,17 @@ def test_a_two_objective_search_finds_registers_and_exports_its_front(local_ray,
         assert list(Path(local).rglob("model.onnx")), f"version {v.version} carries no ONNX file"
     alias = client.get_model_version_by_alias("pareto-student", "within-budget")
     assert alias.tags["trial_id"] == summary["best"]["trial_id"]
+
+
+def test_a_pareto_best_breaks_score_ties_on_cost_and_a_budget_nothing_meets_is_refused():
+    rows = [_row("slow", 50, 30), _row("fast", 50, 10), _row("worse", 40, 5)]
+    plan = search.Plan(4, 2, "best", "eval_f1", [], [("eval_f1", "max"), ("latency_ms", "min")])
+    out = search._front_and_best(rows, plan)
+    assert out["best"]["trial_id"] == "fast" and "slow" not in out["front"]
+    with pytest.raises(architectures.CostError, match="the fastest takes 5.0 ms"):
+        architectures.check_budget({"a": {"latency_ms": 5.0}, "b": {"latency_ms": 9.0}}, 4.0, "s.yaml")
+    architectures.check_budget({"a": {"latency_ms": 5.0}}, 5.0, "s.yaml")
+    with pytest.raises(spaces.SpaceError, match="space.models.teacher: cannot be searched together with serving costs"):
+        architectures.check_space(spaces.parse({"models.teacher": {"type": "choice", "values": ["a", "b"]}}), "s.yaml")
+    with pytest.raises(spaces.SpaceError, match="latency.runs"):
+        spaces.check_keys(spaces.parse({"latency.runs": {"type": "choice", "values": [5, 10]}}), "s.yaml")
