@@ -69,7 +69,7 @@ def versions() -> dict[str, str]:
 
 def git_commit() -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     commit = git("rev-parse", "HEAD") or "unknown"
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -115,8 +115,8 @@ def write(out_dir: Path, stem: str, title: str, result: dict[str, Any], sections
     md = [
         f"# {title}", "",
         f"- Command: `{head['command']}`",
-        f"- Machine: {m['cpu']}, {m['cores']} cores usable ({m['logical_cpus']} logical CPUs); GPU: {m['gpu']}; "
-        f"{m['platform']}; Python {m['python']}",
+        (f"- Machine: {m['cpu']}, {m['cores']} cores usable ({m['logical_cpus']} logical CPUs); GPU: {m['gpu']}; "
+         f"{m['platform']}; Python {m['python']}"),
         f"- Date: {head['date']}",
         "- Packages: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- Git commit: {head['git_commit']}", "",

