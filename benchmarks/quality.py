@@ -92,7 +92,9 @@ class Settings:
         p.add_argument("--scheduler", choices=["asha", "fifo"])
         p.add_argument("--device", choices=["cpu", "cuda"], help="cuda: GPU training workers (latency stays CPU)")
         p.add_argument("--full-data", action="store_true", help="the task's full data set from the hub (network)")
-        p.add_argument("--force", action="store_true", help="rerun arms that already have a result")
+        p.add_argument("--force", action="store_true",
+                       help="rerun arms that already have a result (raykd's cached teacher and teacher logits are "
+                            "still reused: remove <storage>/cache to rebuild them)")
         p.add_argument("--storage", type=Path, help="raykd's storage_path (default ./raykd_results)")
         p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
         a = p.parse_args(argv)
