@@ -153,6 +153,7 @@ def cmd_search(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the exact --resume command
+    from raykd import console
     from raykd.errors import UserError
 
     try:
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"raykd: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        console.finish()  # a last line without a newline is shown, the log flushed
 
 
 if __name__ == "__main__":

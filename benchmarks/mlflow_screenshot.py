@@ -73,13 +73,16 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> Non
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+    """Stop the server's process group (its leader may have exited before its forked workers)."""
+    try:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def study_run(base: str, experiment: str) -> tuple[str, str, str]:
@@ -198,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_ui(args.store, port, Path(tempfile.gettempdir()) / f"raykd-mlflow-ui-{port}.log")
-    browser = Browser(args.chromium, 1600, 900)
+    browser = None
     try:
+        browser = Browser(args.chromium, 1600, 900)
         wait_ready(base, proc)
         exp_id, run_id, run_name = study_run(base, args.experiment)
         # The runs table: the study run with its trial runs nested under it.
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         browser.screenshot(f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/{PLOT}", "eval_f1_by_round",
                            [], out_dir / "mlflow-study-plot.png")
     finally:
-        browser.close()
+        if browser is not None:
+            browser.close()
         stop(proc)
     return 0
 

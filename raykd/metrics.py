@@ -68,11 +68,13 @@ def _nbest(context: str, spans: list[tuple[float, int, int, float, float]], n_be
     """The example's ``n_best`` best distinct character spans over all its windows, best first, with
     a probability (softmax of the scores over the list, as in BERT's n-best files). Overlapping
     windows propose the same span twice; it is listed once, with its better score."""
-    by_span: dict[tuple[int, int], tuple[float, int, int, float, float]] = {}
-    for c in spans:
-        if c[1:3] not in by_span or c[0] > by_span[c[1:3]][0]:
-            by_span[c[1:3]] = c
-    top = sorted(by_span.values(), key=lambda c: -c[0])[:n_best]
+    by_span: dict[tuple[int, int], tuple[int, tuple[float, int, int, float, float]]] = {}
+    for i, c in enumerate(spans):
+        if c[1:3] not in by_span or c[0] > by_span[c[1:3]][1][0]:
+            by_span[c[1:3]] = (i, c)
+    # Equal scores in the order of the copy kept, as postprocess's max() breaks ties: the first
+    # entry is then always the answer.
+    top = [c for _, c in sorted(by_span.values(), key=lambda ic: (-ic[1][0], ic[0]))][:n_best]
     if not top:
         return []
     scores = np.array([c[0] for c in top])

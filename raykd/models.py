@@ -136,7 +136,7 @@ def load_qa_model_new_head(name: str) -> PreTrainedModel:
         hf_logging.set_verbosity(level)
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("qa_outputs.")]
     if missing:
-        log.warning("%s: %d weights not in the checkpoint were initialised at random, e.g. %s",
+        log.warning("[raykd] warning: %s: %d weights not in the checkpoint were initialised at random, e.g. %s",
                     name, len(missing), missing[:3])
     return model
 

@@ -11,7 +11,7 @@ from raykd.metrics import METRIC
 
 # A summary row's own fields; every other key of a row is a searched parameter.
 ROW_FIELDS = {"trial_id", "status", METRIC, "eval_exact_match", "score_round", "rounds", "planned_rounds",
-              "stopped_early", "checkpoint_path", "curve"}
+              "stopped_early", "checkpoint_path", "curve", "error"}
 
 
 def _short(key: str, value: Any) -> str:

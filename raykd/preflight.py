@@ -313,7 +313,9 @@ def check_experiment(cfg: config_mod.RaykdConfig, mode: str | None, resume: bool
     path = config_mod.experiment_path(cfg, mode)
     if "://" in path:
         return
-    exists = Path(path).exists()
+    # A folder that holds only the console's logs/ (a command stopped while it prepared the study,
+    # before Tune wrote anything) is no experiment: running again must not need --resume.
+    exists = Path(path).is_dir() and any(p.name != "logs" for p in Path(path).iterdir())
     src = cfg.source or "config"
     if resume and overwrite:
         raise PreflightError("--resume and --overwrite: choose one")

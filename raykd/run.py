@@ -111,7 +111,7 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
     feats = data.build_features(loaded.examples, tok, max_length, doc_stride, train=False)
     scores, preds = inference.evaluate(qa, feats, loaded.examples, n_best=n_best,
                                        max_answer_length=max_answer_length, batch_size=batch_size,
-                                       keep_nbest=nbest_file is not None)
+                                       keep_nbest=nbest_file is not None, progress="[raykd evaluate]")
     out = {"exact_match": scores["exact_match"], "f1": scores["f1"], "examples": len(loaded.examples),
            "skipped": loaded.skipped}
     if predictions_file:

@@ -38,6 +38,7 @@ from datasets import Dataset, load_from_disk
 from raykd import data as data_mod
 from raykd import models
 from raykd.config import DataConfig
+from raykd.console import progress_line
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,9 @@ def compute_teacher_logits(
         out[start : start + len(batch["input_ids"]), 0] = res.start_logits.float().cpu().numpy()
         out[start : start + len(batch["input_ids"]), 1] = res.end_logits.float().cpu().numpy()
         if progress and (b % 20 == 0 or b == n_batches - 1):
-            done, elapsed = start + len(batch["input_ids"]), time.perf_counter() - t0
-            rate = done / max(elapsed, 1e-9)
-            eta = (len(ds) - done) / rate
-            print(f"[raykd prepare] teacher logits: {done}/{len(ds)} features, {rate:.0f}/s, "
-                  f"elapsed {elapsed:.0f}s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s", flush=True)
+            done = start + len(batch["input_ids"])
+            print(progress_line("[raykd prepare] teacher logits", done, len(ds), time.perf_counter() - t0),
+                  flush=True)
     return out
 
 

@@ -321,7 +321,8 @@ SIGNATURE = ModelSignature(
                     ColSpec("long", "end")]),
 )
 # What the logged model imports when it is loaded, besides raykd's own code (shipped with it).
-MODEL_PACKAGES = ("torch", "transformers", "datasets", "numpy", "pandas", "pyyaml", "mlflow", "cloudpickle")
+# ray: the model class lives in this module, which imports Ray's MLflow integration; loading needs it.
+MODEL_PACKAGES = ("torch", "transformers", "datasets", "numpy", "pandas", "pyyaml", "mlflow", "cloudpickle", "ray")
 
 
 def model_requirements() -> list[str]:

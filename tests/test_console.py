@@ -30,6 +30,13 @@ def test_forwarded_lines_are_shown_only_when_they_are_raykds():
     assert console.shown("(raylet) A worker died or was killed") == "(raylet) A worker died or was killed"
 
 
+def test_progress_line_gives_the_rate_and_eta():
+    assert console.progress_line("[raykd evaluate]", 640, 1280, 10.0) == \
+        "[raykd evaluate]: 640/1280 features, 64/s, elapsed 10s, ETA 0m10s"
+    # Rounded before splitting into minutes: never "1m60s".
+    assert console.progress_line("x", 1, 2, 119.6).endswith("ETA 2m00s")
+
+
 def test_the_log_keeps_everything_and_is_only_written_once_the_command_starts(tmp_path, monkeypatch):
     term_out, term_err = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stdout", term_out)
@@ -84,7 +91,7 @@ def test_a_search_prints_a_readable_console(tmp_path, tiny_models):
     assert rounds and all("eval_f1=" in line and "EM=" in line and "loss=" in line and "/4:" in line
                           for line in rounds), rounds
     for noise in ("LOAD REPORT", "Reporting training result", "pid=", "already reported", "Loading weights",
-                  "examples/s", "Hint:", "Successfully registered model"):
+                  "examples/s", "Hint:", "Successfully registered model", "performance bottleneck"):
         assert noise not in text, (noise, [line for line in lines if noise in line][:3])
     table_headers = [line for line in lines if "eval_f1" in line and "temperature" in line and "|" in line]
     assert table_headers, text[-3000:]

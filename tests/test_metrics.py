@@ -71,3 +71,12 @@ def test_postprocess_respects_max_answer_length_and_empty_when_no_span():
     assert len(out["e"]["text"].split()) <= 2
     none = metrics.postprocess([{"id": "e", "context": ctx}], [_window([[-1, -1]] * 6)], s, e, 6, 30)
     assert none["e"]["text"] == ""
+
+
+def test_nbest_first_entry_is_the_answer_on_a_tied_score():
+    # Span (0, 4) first scores 4.0 and later 5.0; span (5, 9) scores 5.0 in between: postprocess's
+    # max() picks (5, 9), the first span reaching 5.0, and the n-best list must start with it too.
+    spans = [(4.0, 0, 4, 2.0, 2.0), (5.0, 5, 9, 2.5, 2.5), (5.0, 0, 4, 2.5, 2.5)]
+    top = metrics._nbest("aaaa bbbb", spans, n_best=5)
+    assert [(t["start"], t["end"]) for t in top] == [(5, 9), (0, 4)]
+    assert top[0]["text"] == "bbbb" and top[1]["score"] == 5.0

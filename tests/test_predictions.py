@@ -113,7 +113,8 @@ def test_predictions_file_scores_the_same_under_the_official_logic(tmp_path, tin
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    raykd = json.loads(out.stdout)
+    raykd = json.loads(out.stdout)  # stdout is the result only; progress goes to stderr
+    assert "[raykd evaluate]: " in out.stderr and " ETA " in out.stderr, out.stderr[-2000:]
     assert raykd["skipped"] == 0 and raykd["predictions"] == str(preds) and raykd["nbest"] == str(nbest)
 
     answers = json.loads(preds.read_text(encoding="ascii"))  # pure ASCII: any locale reads it

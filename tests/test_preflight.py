@@ -50,7 +50,12 @@ def test_experiment_folder_rules(tmp_path):
     preflight.check_experiment(cfg, None, resume=False, overwrite=False)
     with pytest.raises(preflight.PreflightError, match="--resume"):
         preflight.check_experiment(cfg, None, resume=True, overwrite=False)
-    (tmp_path / "exp").mkdir()
+    # Only the console's logs (a command stopped while preparing the study): no experiment yet.
+    (tmp_path / "exp" / "logs").mkdir(parents=True)
+    preflight.check_experiment(cfg, None, resume=False, overwrite=False)
+    with pytest.raises(preflight.PreflightError, match="--resume"):
+        preflight.check_experiment(cfg, None, resume=True, overwrite=False)
+    (tmp_path / "exp" / "tuner.pkl").write_text("")
     with pytest.raises(preflight.PreflightError, match="already exists"):
         preflight.check_experiment(cfg, None, resume=False, overwrite=False)
     preflight.check_experiment(cfg, None, resume=True, overwrite=False)

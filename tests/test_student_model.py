@@ -29,7 +29,8 @@ def test_logged_requirements_are_raykds_and_loading_warns_nothing(tmp_path, tiny
         logged = [line.strip() for line in f if line.strip()]
     assert logged == tracking.model_requirements()
     names = [r.split(">")[0].split("=")[0] for r in logged]
-    assert {"torch", "transformers", "datasets", "mlflow"} <= set(names) and "raykd" not in names
+    # ray: the model's class is imported from raykd.tracking, which imports Ray's MLflow integration.
+    assert {"torch", "transformers", "datasets", "mlflow", "ray"} <= set(names) and "raykd" not in names
     model = mlflow.pyfunc.load_model(f"models:/raykd-student/{out['version']}")
     ctx = "Oscar Weber was born in Oslo."
     pred = model.predict(pd.DataFrame({"question": ["Where was Oscar Weber born?"], "context": [ctx]}))
