@@ -3,20 +3,18 @@ config YAML files and ``--set`` overrides, so they keep working whatever raykd's
 Also what they read back from a finished search: ``summary.json`` and Tune's per-trial result rows
 (``result.json``), from which trial-epochs, training time and each trial's fixed cost are computed.
 
-Timing of a trial, from the fields raykd and Tune report (one trial at a time, as on 2 CPUs):
+Timing of a trial (one trial at a time, as on 2 CPUs). raykd reports, every round, where its
+worker's time went so far: ``time_setup_s`` (worker function start to the first step: data, models,
+teacher logits), ``time_train_s`` (training steps), ``time_eval_s`` (evaluation) and
+``time_checkpoint_s`` (checkpoints up to the previous round). Tune adds ``time_total_s``: the
+trial's driver start to its last report. The gap until the next trial starts (teardown, the next
+trial's actor and placement group) belongs to the trial that ended. A trial's fixed cost is its
+time_total_s + that gap - training steps - evaluation: process and model start-up, checkpointing,
+teardown.
 
-- training steps of round k: the samples trained since round k-1 divided by the round's
-  ``samples_per_sec`` (raykd measures it over the training steps only: the clock restarts after
-  each evaluation and checkpoint);
-- evaluation + checkpoint of round k >= 2: Tune's ``time_this_iter_s`` minus that training time
-  (round 1's is folded into start-up by Tune; it is taken as the median of the later rounds');
-- in-trial time: Tune's ``time_total_s`` at the trial's last result (the trial's driver started
-  to its last report); the gap until the next trial starts (teardown, the next trial's actor and
-  placement group) belongs to the trial that ended.
-
-raykd does not report evaluation and checkpoint time separately, so the fixed cost (start-up,
-teardown, checkpointing) is given as a bracket: low = without any evaluation-or-checkpoint time,
-high = with all of it. ``MISSING_FIELDS`` says what would close the bracket.
+Results written by a raykd without the ``time_*`` fields are read the older way: training time
+from ``samples_per_sec``, evaluation + checkpoint from ``time_this_iter_s`` minus it, and the fixed
+cost as a bracket (low: all of that counted as evaluation; high: all of it as fixed cost).
 """
 
 from __future__ import annotations
@@ -38,14 +36,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MISSING_FIELDS = [
-    ("per round: `eval_seconds` (time of the evaluation in raykd.train._report) and `checkpoint_seconds` "
-     "(writing the checkpoint folder + ray.train.report's copy), so evaluation and checkpointing separate"),
-    "per round: `train_seconds` and `train_samples` (today derived from samples_per_sec, step and train_features)",
-    ("per trial in summary.json: `started_at` / `ended_at` wall-clock timestamps (float) of the trial's driver, and "
-     "`setup_seconds` (worker start to the first optimizer step); Tune's `timestamp` has 1 s resolution and misses "
-     "the teardown after the last report"),
-]
+# What the figures still cannot see: Tune's ``timestamp`` is whole seconds, so a trial's start and
+# end (and the gaps between trials) are known to about 1 s.
+LIMITS = ["Tune's `timestamp` has 1 s resolution: each trial's start, end and the gap after it are known to about 1 s"]
 
 
 class CliFailed(RuntimeError):
@@ -164,6 +157,19 @@ def samples_at(step: int, n_features: int, batch_size: int, world: int = 1, accu
 
 
 def _trial_timing(rows: list[dict[str, Any]], batch_size: int, world: int, accum: int) -> dict[str, Any]:
+    last, first = rows[-1], rows[0]
+    out = {
+        "rounds": int(last["round"]),
+        "epochs": float(last["epoch"]),
+        "in_trial_s": float(last["time_total_s"]),
+        "start": float(first["timestamp"]) - float(first["time_total_s"]),
+        "end": float(last["timestamp"]),
+    }
+    if "time_train_s" in last:
+        # Measured by raykd's loop: exact, no bracket.
+        return {**out, "train_s": float(last["time_train_s"]), "eval_ckpt_s": float(last["time_eval_s"]),
+                "eval_only": True, "setup_s": float(last["time_setup_s"]),
+                "checkpoint_s": float(last["time_checkpoint_s"])}
     train, evalckpt = [], []
     prev_step = 0
     for r in rows:
@@ -176,18 +182,8 @@ def _trial_timing(rows: list[dict[str, Any]], batch_size: int, world: int, accum
             evalckpt.append(max(0.0, float(r["time_this_iter_s"]) - t))
         prev_step = int(r["step"])
     first_evalckpt = statistics.median(evalckpt) if evalckpt else 0.0
-    last, first = rows[-1], rows[0]
-    start = float(first["timestamp"]) - float(first["time_total_s"])
-    return {
-        "rounds": int(last["round"]),
-        "epochs": float(last["epoch"]),
-        "train_s": sum(train),
-        "eval_ckpt_s": sum(evalckpt) + first_evalckpt,
-        "eval_ckpt_round1_estimated": not evalckpt,
-        "in_trial_s": float(last["time_total_s"]),
-        "start": start,
-        "end": float(last["timestamp"]),
-    }
+    return {**out, "train_s": sum(train), "eval_ckpt_s": sum(evalckpt) + first_evalckpt, "eval_only": False,
+            "eval_ckpt_round1_estimated": not evalckpt}
 
 
 def read_search(experiment: Path, wall_s: float | None, batch_size: int, world: int = 1, accum: int = 1,
@@ -214,9 +210,13 @@ def read_search(experiment: Path, wall_s: float | None, batch_size: int, world: 
         tm = t["timing"]
         tm["gap_after_s"] = 0.0 if concurrent else gap
         tm["fixed_low_s"] = tm["in_trial_s"] - tm["train_s"] - tm["eval_ckpt_s"] + tm["gap_after_s"]
-        tm["fixed_high_s"] = tm["in_trial_s"] - tm["train_s"] + tm["gap_after_s"]
+        # With raykd's own timings eval_ckpt_s is evaluation alone and the fixed cost is exact.
+        tm["fixed_high_s"] = tm["fixed_low_s"] if tm["eval_only"] else tm["in_trial_s"] - tm["train_s"] + tm["gap_after_s"]
     n = len(timed)
     total = {k: sum(t["timing"][k] for t in timed) for k in ("train_s", "eval_ckpt_s", "fixed_low_s", "fixed_high_s")}
+    total["setup_s"] = sum(t["timing"].get("setup_s", 0.0) for t in timed)
+    total["checkpoint_s"] = sum(t["timing"].get("checkpoint_s", 0.0) for t in timed)
+    exact = bool(timed) and all(t["timing"]["eval_only"] for t in timed)
     span = (timed[-1]["timing"]["end"] + last_gap - timed[0]["timing"]["start"]) if timed else 0.0
     epochs = sum(t["timing"]["epochs"] for t in timed)
     best = summary.get("best") or {}
@@ -242,6 +242,7 @@ def read_search(experiment: Path, wall_s: float | None, batch_size: int, world: 
         "fixed_share_low": total["fixed_low_s"] / wall_s if wall_s else None,
         "fixed_share_high": total["fixed_high_s"] / wall_s if wall_s else None,
         "concurrent_trials": concurrent,
+        "timing_exact": exact,
         "last_gap_estimated": bool(timed),
     }
     ref = reference if reference is not None else best.get(metric)

@@ -171,7 +171,7 @@ def report(s: Settings, results: dict[str, list[dict[str, Any]]]) -> list[str]:
                 rows.append([c["seed"], sched, b[metric], f"{b['trial_id']} (round {b['score_round']})",
                              f"{r['stopped_early']}/{r['n_trials']}", f"{r['trial_epochs']:.2f}",
                              f"{r['wall_s'] / 60:.1f}", f"{r['outside_trials_s']:.0f}", f"{r['train_s']:.0f}",
-                             f"{r['eval_ckpt_s']:.0f}",
+                             f"{r['eval_ckpt_s']:.0f}", f"{r.get('setup_s', 0):.0f}", f"{r.get('checkpoint_s', 0):.0f}",
                              _range(r["fixed_per_trial_low_s"], r["fixed_per_trial_high_s"]),
                              _range(100 * r["fixed_share_low"], 100 * r["fixed_share_high"], "{:.0f}") + " %"])
             cmp_rows.append([c["seed"], c["fifo_best"], c["asha_best"], f"{c['asha_best'] - c['fifo_best']:+.2f}",
@@ -204,7 +204,9 @@ def report(s: Settings, results: dict[str, list[dict[str, Any]]]) -> list[str]:
             f"{first['trial_score']} round; ASHA's first rung: round {comps[0]['asha']['grace_period']}. Same seed, "
             "sampler and trials for both schedulers; only `search.scheduler` differs.\n\n"
             + _results.md_table(["seed", "scheduler", f"best {metric}", "best trial", "stopped early", "trial-epochs",
-                                 "wall (min)", "outside trials (s)", "training steps (s)", "eval + checkpoint (s)",
+                                 "wall (min)", "outside trials (s)", "training steps (s)",
+                                 "evaluation (s)" if first["timing_exact"] else "eval + checkpoint (s)",
+                                 "of fixed: worker setup (s)", "of fixed: checkpoints (s)",
                                  "fixed cost per trial (s)", "fixed cost share of wall"], rows)
             + "\n\n" + _results.md_table(
                 ["seed", "FIFO best", "ASHA best", "ASHA - FIFO", "ASHA trial-epochs / FIFO's",
@@ -215,19 +217,15 @@ def report(s: Settings, results: dict[str, list[dict[str, Any]]]) -> list[str]:
         "## How the times are measured\n\n"
         "- wall: the `cli.py search` command, start to exit (Ray start, study load, summary and MLflow included); "
         "outside trials: wall minus the span from the first trial's start to the last trial's end.\n"
-        "- training steps: per round, the samples trained since the previous round / the round's `samples_per_sec` "
-        "(raykd times the training steps only).\n"
-        "- eval + checkpoint: per round after the first, Tune's `time_this_iter_s` minus that round's training steps; "
-        "round 1's is taken as the median of the others (Tune folds it into start-up). Tune receives a result "
-        "when Train's controller polls the worker, so a single round's figure jitters by up to that polling "
-        "interval; a trial's sum does not (the intervals telescope).\n"
+        "- training steps, evaluation, worker setup (data, models, teacher logits to the first step) and "
+        "checkpoints (all but the last round's): raykd's own per-round timings `time_train_s`, `time_eval_s`, "
+        "`time_setup_s`, `time_checkpoint_s` at the trial's last result.\n"
         "- fixed cost of a trial: Tune's `time_total_s` at its last result + the gap until the next trial starts "
-        "(teardown, next actor; the last trial gets the median gap) - training steps - evaluation. raykd does not "
-        "report evaluation and checkpoint time apart, so it is a bracket: low counts all eval + checkpoint time as "
-        "evaluation, high counts it all as fixed cost. Fixed cost share = all trials' fixed cost / wall.\n"
+        "(teardown, next actor; the last trial gets the median gap) - training steps - evaluation: process and "
+        "model start-up, checkpointing, teardown. Fixed cost share = all trials' fixed cost / wall.\n"
         "- trial-epochs: each trial's `epoch` at its last result, summed (training after the last report of a "
         "trial ASHA stopped is not counted).\n\n"
-        "Fields raykd would need to report for an exact split:\n\n" + "\n".join(f"- {f}" for f in _runner.MISSING_FIELDS))
+        "Limits:\n\n" + "\n".join(f"- {f}" for f in _runner.LIMITS))
     out.append("## Commands of each search\n\n" + "\n".join(
         f"- `{' '.join(cmd)}`" for comps in results.values() for c in comps for sched in SCHEDULERS
         for cmd in c[f"{sched}_commands"]))

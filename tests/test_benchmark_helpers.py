@@ -76,6 +76,24 @@ def test_read_search_times_trials_and_brackets_the_fixed_cost(tmp_path):
     assert r["reach"]["trial_epochs"] == pytest.approx(2.0)  # 40 is reached at t1's last round
 
 
+def test_read_search_uses_raykds_own_timings_when_reported(tmp_path):
+    exp = _experiment(tmp_path)
+    for tid, rounds in (("t1", 4), ("t2", 2)):
+        path = exp / f"_trial_driver_{tid}" / "result.json"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for k, r in enumerate(rows, start=1):
+            # 4 s of training and 1 s of evaluation per round, 12 s of worker setup, 0.5 s per checkpoint.
+            r.update(time_setup_s=12.0, time_train_s=4.0 * k, time_eval_s=1.0 * k, time_checkpoint_s=0.5 * (k - 1))
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = _runner.read_search(exp, wall_s=120.0, batch_size=5)
+    t1, t2 = (t["timing"] for t in r["trials"])
+    assert r["timing_exact"] and t1["train_s"] == 16.0 and t1["eval_ckpt_s"] == 4.0
+    # 35 s in the trial + 5 s gap - 16 s training - 4 s evaluation = 20 s, no bracket.
+    assert t1["fixed_low_s"] == t1["fixed_high_s"] == pytest.approx(20.0)
+    assert r["setup_s"] == 24.0 and r["checkpoint_s"] == pytest.approx(1.5 + 0.5)
+    assert r["fixed_share_low"] == r["fixed_share_high"] == pytest.approx((20 + (25 + 5 - 8 - 2)) / 120)
+
+
 def test_epochs_to_reach_another_searchs_best(tmp_path):
     exp = _experiment(tmp_path)
     r = _runner.read_search(exp, wall_s=None, batch_size=5, reference=30.4, tolerance=0.5)
