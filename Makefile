@@ -16,7 +16,10 @@ install: $(BIN)/python
 quickstart: install
 	HF_HUB_OFFLINE=1 $(BIN)/python cli.py search --config search_spaces/quickstart.yaml
 
+quickstart-sst2: install
+	HF_HUB_OFFLINE=1 $(BIN)/python cli.py search --config search_spaces/sst2_quickstart.yaml
+
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs --durations=15
 
-.PHONY: install quickstart test
+.PHONY: install quickstart quickstart-sst2 test

@@ -43,7 +43,8 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raykd",
-        description="Distributed hyperparameter search for task-specific knowledge distillation (SQuAD).",
+        description="Distributed hyperparameter search for task-specific knowledge distillation "
+                    "(question answering on SQuAD, text classification such as SST-2).",
     )
     _common_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite_arg(p)
     _common_args(p)
 
-    p = sub.add_parser("finetune", help="fine-tune models.student on SQuAD without a teacher "
+    p = sub.add_parser("finetune", help="fine-tune models.student on the task without a teacher "
                                         "(makes a teacher; the no-distillation baseline)")
     _config_args(p)
     _tracking_args(p)
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     _common_args(p)
 
-    p = sub.add_parser("evaluate", help="SQuAD v1.1 EM/F1 of a saved model on a SQuAD-format file")
+    p = sub.add_parser("evaluate", help="SQuAD v1.1 EM/F1 of a saved question-answering model on a SQuAD-format file")
     p.add_argument("--model", required=True, help="model folder (save_pretrained format) or hub name")
     p.add_argument("--data", required=True, help="SQuAD v1.1 JSON file")
     p.add_argument("--max-length", type=int, default=384)

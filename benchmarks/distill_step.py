@@ -32,7 +32,7 @@ from transformers import BertConfig, BertForQuestionAnswering, DistilBertConfig,
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raykd import losses, models
+from raykd import losses, models, tasks
 
 MODES = ("plain", "online", "cached")
 
@@ -78,20 +78,22 @@ def batches(n: int, batch_size: int, seq: int, vocab: int, device, seed: int = 0
 
 
 def step_fn(mode, student, teacher, names_s, names_t, opt, amp, device, alpha_ce=0.5, temperature=2.0):
+    qa = tasks.get("question_answering")  # the task the loop would ask for logits, mask and hard loss
+
     def step(batch, cached=None):
         with torch.autocast(device_type=device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = models.forward(student, batch, names_s)
-            t_start = t_end = None
+            teacher_logits = None
             if mode == "online":
                 with torch.no_grad():
-                    t = models.forward(teacher, batch, names_t)
-                t_start, t_end = t.start_logits, t.end_logits
+                    teacher_logits = qa.logits(models.forward(teacher, batch, names_t))
             elif mode == "cached":
-                t_start, t_end = cached[:, 0], cached[:, 1]
+                teacher_logits = cached
+        logits = qa.logits(out)
         loss = losses.distillation_loss(
-            out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"], batch["span_mask"],
-            teacher_start=t_start, teacher_end=t_end, temperature=temperature,
-            alpha_ce=0.0 if mode == "plain" else alpha_ce, alpha_squad=1.0 if mode == "plain" else 1 - alpha_ce,
+            logits, qa.hard_loss(logits, batch), mask=qa.mask(batch), teacher_logits=teacher_logits,
+            temperature=temperature, alpha_ce=0.0 if mode == "plain" else alpha_ce,
+            alpha_hard=1.0 if mode == "plain" else 1 - alpha_ce,
         )["loss"]
         loss.backward()
         opt.step()

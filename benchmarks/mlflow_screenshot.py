@@ -7,7 +7,8 @@ ids) when done.
     python benchmarks/mlflow_screenshot.py --store sqlite:///$PWD/mlflow.db \
         --experiment raykd-quickstart --out-dir benchmarks/results
 
-Writes ``mlflow-runs.png`` and ``mlflow-study-plot.png`` into ``--out-dir``.
+Writes ``mlflow-runs.png``, ``mlflow-charts.png`` (the trials' eval_f1 by round) and
+``mlflow-study-plot.png`` into ``--out-dir``.
 """
 
 from __future__ import annotations

@@ -151,7 +151,6 @@ class Console:
     """The installed streams and their log; :meth:`restore` puts the original streams back."""
 
     def __init__(self, path: Path, verbose: bool):
-        self.verbose = verbose
         self.log = _Log(path)
         # Reentrant: a signal handler (Tune's SIGINT) may log while this thread is inside a write.
         lock = threading.RLock()
@@ -159,11 +158,16 @@ class Console:
         sys.stdout = _Tee(sys.stdout, self.log, lock, verbose)
         sys.stderr = _Tee(sys.stderr, self.log, lock, verbose)
 
-    def restore(self) -> None:
+    @staticmethod
+    def flush_pending() -> None:
+        """Show a last line that has no newline yet, and flush the terminal and the log."""
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, _Tee):
                 stream.close_pending()
                 stream.flush()
+
+    def restore(self) -> None:
+        self.flush_pending()
         sys.stdout, sys.stderr = self._saved
         self.log.close()
 
@@ -175,9 +179,6 @@ def install(path: Path, verbose: bool = False) -> Console:
     """Route this process's output through the log file at ``path`` (created by :func:`begin`);
     quiet unless ``verbose``."""
     global _installed
-    if not verbose:
-        for key, value in _QUIET_ENV.items():
-            os.environ.setdefault(key, value)
     _installed = Console(path, verbose)
     if not verbose:
         quiet_libraries()  # after the streams are installed: Optuna's handler binds to sys.stderr
@@ -187,12 +188,8 @@ def install(path: Path, verbose: bool = False) -> Console:
 def finish() -> None:
     """The command returns: show a last line that has no newline and flush the log. The streams stay
     installed: Ray's exit handlers still print forwarded lines after this."""
-    if _installed is None:
-        return
-    for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, _Tee):
-            stream.close_pending()
-            stream.flush()
+    if _installed is not None:
+        _installed.flush_pending()
 
 
 def begin() -> Path | None:
@@ -214,8 +211,14 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def duration(seconds: float) -> str:
+    """``"3m01s"``; rounded before it is split, so never ``"1m60s"``."""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
 def progress_line(label: str, done: int, total: int, elapsed: float, unit: str = "features") -> str:
     """``"<label>: 640/10570 features, 55/s, elapsed 12s, ETA 3m01s"`` for a long single pass."""
     rate = done / max(elapsed, 1e-9)
-    eta_min, eta_s = divmod(round((total - done) / max(rate, 1e-9)), 60)
-    return f"{label}: {done}/{total} {unit}, {rate:.0f}/s, elapsed {elapsed:.0f}s, ETA {eta_min}m{eta_s:02d}s"
+    eta = duration((total - done) / max(rate, 1e-9))
+    return f"{label}: {done}/{total} {unit}, {rate:.0f}/s, elapsed {elapsed:.0f}s, ETA {eta}"

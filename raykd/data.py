@@ -1,6 +1,8 @@
-"""SQuAD v1.1 loading (hub name, local SQuAD JSON, or raykd's synthetic set) and the train/eval
-features: sliding windows over long contexts with offset mappings, gold spans as token positions,
-and the mask of positions that may hold an answer. Pure functions; no Ray, no MLflow.
+"""The question-answering task's data (see :mod:`raykd.tasks.squad`): SQuAD v1.1 loading (hub
+name, local SQuAD JSON, or raykd's synthetic set) and the train/eval features: sliding windows over
+long contexts with offset mappings, gold spans as token positions, and the mask of positions that
+may hold an answer. Also :func:`temp_name`, the write-then-rename naming every cache file uses.
+Pure functions; no Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,13 +39,18 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
-def _synthetic_split(path: Path, n_questions: int, seed: int) -> Path:
+def write_once(path: Path, make_text: Callable[[], str]) -> Path:
+    """Write ``path`` unless it exists, whole (under a temporary name, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         tmp = temp_name(path)
-        tmp.write_text(json.dumps(synthetic.generate(n_questions, seed)))
+        tmp.write_text(make_text())
         tmp.replace(path)
     return path
+
+
+def _synthetic_split(path: Path, n_questions: int, seed: int) -> Path:
+    return write_once(path, lambda: json.dumps(synthetic.generate(n_questions, seed)))
 
 
 def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None]:
@@ -153,7 +160,7 @@ def load_split(cfg: DataConfig, split: str, cache_dir: Path) -> LoadedSplit:
     else:
         from datasets import load_dataset
 
-        loaded = check_answers(load_dataset(cfg.dataset_name, split=split))
+        loaded = check_answers(load_dataset(cfg.dataset_name, cfg.dataset_config, split=split))
     limit = cfg.max_train_samples if split == "train" else cfg.max_eval_samples
     if limit is not None and limit < len(loaded.examples):
         loaded = LoadedSplit(loaded.examples.select(range(limit)), loaded.skipped)

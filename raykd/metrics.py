@@ -52,18 +52,6 @@ def window_spans(
     return spans
 
 
-def best_span(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    offsets: Sequence[Sequence[int]],
-    n_best: int,
-    max_answer_length: int,
-) -> tuple[float, int, int] | None:
-    """Best (score, char_start, char_end) in one window (see :func:`window_spans`); None if no span."""
-    spans = window_spans(start_logits, end_logits, offsets, n_best, max_answer_length)
-    return max(spans, key=lambda c: c[0])[:3] if spans else None
-
-
 def _nbest(context: str, spans: list[tuple[float, int, int, float, float]], n_best: int) -> list[dict[str, Any]]:
     """The example's ``n_best`` best distinct character spans over all its windows, best first, with
     a probability (softmax of the scores over the list, as in BERT's n-best files). Overlapping

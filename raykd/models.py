@@ -1,6 +1,7 @@
-"""Teacher and student models: loading by hub name, local directory or ``pkg:`` path; the frozen
-teacher; DistilBERT-style student initialisation from selected teacher layers; the tokenizer
-compatibility check; and the model-specific subset of inputs each forward accepts.
+"""Teacher and student models: loading by hub name, local directory or ``pkg:`` path, with the
+task's head (:class:`Head`, given by the task; nothing here knows a task); the frozen teacher;
+DistilBERT-style student initialisation from selected teacher layers; the tokenizer compatibility
+check; and the model-specific subset of inputs each forward accepts.
 
 torch and transformers are imported where they are used, so that the checks run before Ray
 starts (:mod:`raykd.preflight`) can use this module without paying for them.
@@ -13,6 +14,7 @@ import inspect
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,14 +53,34 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(resolve(name))
 
 
-def load_qa_model(name: str) -> PreTrainedModel:
-    from transformers import AutoModelForQuestionAnswering
+@dataclass(frozen=True)
+class Head:
+    """What a task puts on top of the encoder: the transformers auto class that builds it
+    (``AutoModelForQuestionAnswering``), the prefixes of its own parameters, which are new when a
+    base encoder or copied layers are loaded into it, parameters a source may lack (a pooler the
+    task's model uses but a QA checkpoint has none of), and config settings (``num_labels``)."""
 
-    return AutoModelForQuestionAnswering.from_pretrained(resolve(name))
+    auto_class: str
+    new: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    config: tuple[tuple[str, Any], ...] = ()
+
+    def model_class(self):
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def owns(self, name: str, parts: tuple[str, ...] | None = None) -> bool:
+        """Whether a parameter name belongs to ``parts`` (default: the new head), at any depth."""
+        return any(name.startswith(p) or f".{p}" in name for p in (self.new if parts is None else parts))
 
 
-def load_teacher(name: str) -> PreTrainedModel:
-    model = load_qa_model(name)
+def load_model(name: str, head: Head) -> PreTrainedModel:
+    return head.model_class().from_pretrained(resolve(name), **dict(head.config))
+
+
+def load_teacher(name: str, head: Head) -> PreTrainedModel:
+    model = load_model(name, head)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -90,12 +112,10 @@ def _layer_count_key(config) -> str:
     raise ModelError(f"cannot set the layer count of a {config.model_type} model")
 
 
-def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
+def student_from_layers(source: PreTrainedModel, layers: Sequence[int], head: Head) -> PreTrainedModel:
     """A student with ``source``'s architecture, its embeddings and the encoder layers ``layers``
-    (DistilBERT's "one layer out of two"). The QA head is left freshly initialised: the student
-    learns the task from the teacher and the gold spans, as in the paper's second step."""
-    from transformers import AutoModelForQuestionAnswering
-
+    (DistilBERT's "one layer out of two"). The task head is left freshly initialised: the student
+    learns the task from the teacher and the gold labels, as in the paper's second step."""
     key = _layer_count_key(source.config)
     n_src = getattr(source.config, key)
     bad = [i for i in layers if not 0 <= i < n_src]
@@ -103,38 +123,40 @@ def student_from_layers(source: PreTrainedModel, layers: Sequence[int]) -> PreTr
         raise ModelError(f"init_from_teacher_layers {list(layers)}: source has layers 0..{n_src - 1}")
     config = source.config.__class__.from_dict(source.config.to_dict())
     setattr(config, key, len(layers))
-    student = AutoModelForQuestionAnswering.from_config(config)
+    for k, v in head.config:
+        setattr(config, k, v)
+    student = head.model_class().from_config(config)
     src_state = source.state_dict()
     new_state = {}
     for name in student.state_dict():
-        if name.startswith("qa_outputs."):
+        if head.owns(name):
             continue
         m = _LAYER.match(name)
         src_name = f"{m.group(1)}{layers[int(m.group(2))]}{m.group(3)}" if m else name
         if src_name in src_state:
             new_state[name] = src_state[src_name].clone()
     missing = student.load_state_dict(new_state, strict=False).missing_keys
-    unexpected = [k for k in missing if not k.startswith("qa_outputs.")]
+    unexpected = [k for k in missing if not head.owns(k) and not head.owns(k, head.optional)]
     if unexpected:
         raise ModelError(f"layer copy left weights uninitialised: {unexpected[:5]}")
     return student
 
 
-def load_qa_model_new_head(name: str) -> PreTrainedModel:
-    """A QA model to train, whose question-answering head may be new: loading a base checkpoint
-    (e.g. a pre-trained encoder) into a QA class leaves ``qa_outputs`` freshly initialised and its
-    pooler unused. transformers reports that in a LOAD REPORT table on every load; here it is
-    expected, so only weights missing outside the head are reported."""
-    from transformers import AutoModelForQuestionAnswering
+def load_model_new_head(name: str, head: Head) -> PreTrainedModel:
+    """A model to train, whose task head may be new: loading a base checkpoint (e.g. a pre-trained
+    encoder) into a task class leaves the head freshly initialised (and a pooler unused, for QA).
+    transformers reports that in a LOAD REPORT table on every load; here it is expected, so only
+    weights missing outside the head are reported."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModelForQuestionAnswering.from_pretrained(resolve(name), output_loading_info=True)
+        model, info = head.model_class().from_pretrained(resolve(name), output_loading_info=True,
+                                                         **dict(head.config))
     finally:
         hf_logging.set_verbosity(level)
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith("qa_outputs.")]
+    missing = [k for k in info.get("missing_keys", []) if not head.owns(k)]
     if missing:
         log.warning("[raykd] warning: %s: %d weights not in the checkpoint were initialised at random, e.g. %s",
                     name, len(missing), missing[:3])
@@ -142,13 +164,13 @@ def load_qa_model_new_head(name: str) -> PreTrainedModel:
 
 
 def build_student(
-    student: str, init_layers: Sequence[int] | None, init_source: str | None
+    student: str, init_layers: Sequence[int] | None, init_source: str | None, head: Head
 ) -> PreTrainedModel:
     if init_layers:
         if not init_source:
             raise ModelError("init_from_teacher_layers needs a teacher (or student_init_from)")
-        return student_from_layers(load_qa_model_new_head(init_source), init_layers)
-    return load_qa_model_new_head(student)
+        return student_from_layers(load_model_new_head(init_source, head), init_layers, head)
+    return load_model_new_head(student, head)
 
 
 def accepted_inputs(model: torch.nn.Module) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""Figures of a finished search, drawn from its summary (``summary.json``): every trial's eval F1
-by round. Matplotlib only (no MLflow, no Ray): :mod:`raykd.tracking` logs the figure to the study
+"""Figures of a finished search, drawn from its summary (``summary.json``): every trial's score
+(the search's metric, e.g. ``eval_f1`` or ``eval_accuracy``) by round. Matplotlib only (no MLflow, no Ray): :mod:`raykd.tracking` logs the figure to the study
 run, and ``benchmarks/plot_rounds.py`` writes it for the README.
 """
 
@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from raykd.metrics import METRIC
+# A summary row's own fields, with its scores (``eval_*``); every other key is a searched parameter.
+ROW_FIELDS = {"trial_id", "status", "score_round", "rounds", "planned_rounds", "stopped_early", "checkpoint_path",
+              "curve", "error"}
 
-# A summary row's own fields; every other key of a row is a searched parameter.
-ROW_FIELDS = {"trial_id", "status", METRIC, "eval_exact_match", "score_round", "rounds", "planned_rounds",
-              "stopped_early", "checkpoint_path", "curve", "error"}
+
+def _param(key: str) -> bool:
+    return key not in ROW_FIELDS and not key.startswith("eval_")
 
 
 def _short(key: str, value: Any) -> str:
@@ -22,7 +24,7 @@ def _short(key: str, value: Any) -> str:
 
 
 def rounds_figure(summary: dict[str, Any], title: str | None = None):
-    """Eval F1 over rounds, one line per trial: solid when it ran its whole schedule, dashed and
+    """The search's metric over rounds, one line per trial: solid when it ran its whole schedule, dashed and
     ending in a cross when ASHA stopped it; the best trial drawn thicker, with its score round
     circled; ASHA's first rung as a dotted vertical line. Returns the matplotlib figure."""
     import matplotlib
@@ -31,13 +33,14 @@ def rounds_figure(summary: dict[str, Any], title: str | None = None):
     import matplotlib.pyplot as plt
 
     best = (summary.get("best") or {}).get("trial_id")
+    metric = summary.get("metric", "eval_f1")  # summaries before the task seam scored eval_f1
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for row in summary["trials"]:
         curve = row.get("curve") or []
         if not curve:
             continue
         xs, ys = [c[0] for c in curve], [c[1] for c in curve]
-        params = ", ".join(_short(k, v) for k, v in row.items() if k not in ROW_FIELDS)
+        params = ", ".join(_short(k, v) for k, v in row.items() if _param(k))
         stopped = row.get("stopped_early")
         label = f"{row['trial_id']}{' (stopped)' if stopped else ''}: {params}"
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, linestyle="--" if stopped else "-",
@@ -45,7 +48,7 @@ def rounds_figure(summary: dict[str, Any], title: str | None = None):
         if stopped:
             ax.plot(xs[-1], ys[-1], marker="x", markersize=9, color=line.get_color())
         if row["trial_id"] == best and row.get("score_round") in xs:
-            ax.plot(row["score_round"], row[METRIC], marker="o", markersize=12, fillstyle="none",
+            ax.plot(row["score_round"], row[metric], marker="o", markersize=12, fillstyle="none",
                     color=line.get_color())
     if summary.get("grace_period"):
         ax.axvline(summary["grace_period"], color="grey", linestyle=":", linewidth=1)
@@ -54,8 +57,8 @@ def rounds_figure(summary: dict[str, Any], title: str | None = None):
     rounds = summary.get("rounds") or max((len(r.get("curve") or []) for r in summary["trials"]), default=1)
     ax.set_xticks(range(1, rounds + 1))
     ax.set_xlabel("evaluation round (k of R = k/R of a trial's training)")
-    ax.set_ylabel(f"{METRIC} (%)")
-    ax.set_title(title or f"{METRIC} by round, all trials (best circled)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title or f"{metric} by round, all trials (best circled)")
     ax.grid(alpha=0.3)
     # Below the axes: inside, it would hide the curves of the stopped trials.
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.14), frameon=False)

@@ -1,5 +1,6 @@
 """Checks that run before Ray starts: what a command would otherwise find out minutes or hours
-later, inside a trial. The data files (present, text, JSON, SQuAD v1.1, answers where they say),
+later, inside a trial. The data files (present, text, and what the task reads: SQuAD v1.1 JSON
+with answers where they say, or labelled sentences),
 the models (a folder with weights and a tokenizer, or a hub id the hub can serve now, enough
 position embeddings for ``data.max_length``, the layers ``init_from_teacher_layers`` copies, one
 vocabulary for teacher and student) and the experiment folder (a new name, or ``--resume`` /
@@ -21,14 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from raykd import config as config_mod
-from raykd import data as data_mod
-from raykd import models
+from raykd import models, tasks
 from raykd.errors import UserError
 
-# More questions than this share whose answer_start does not point at their answer text, and the
-# file is refused: its offsets are not character offsets into the context (bytes, tokens, another
-# version of the text). Fewer are skipped with a warning, as the loader has always done.
-MAX_BAD_ANSWER_SHARE = 0.01
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
@@ -67,41 +63,44 @@ def _hub_get(kind: str, repo_id: str) -> str | None:
 # Data
 
 
-def check_squad_file(path: str, what: str, warn: Callable[[str], None] | None = None) -> int:
-    """A SQuAD v1.1 JSON file that raykd can train or evaluate on; returns its question count."""
+def check_data_file(task: tasks.Task, cfg: config_mod.RaykdConfig | None, path: str, what: str,
+                    warn: Callable[[str], None] | None = None) -> int:
+    """A local data file the task can train or evaluate on; returns its example count."""
     p = Path(path).expanduser()
     label = f"{what} {path}"
+    kind = task.file_format
     if p.is_dir():
-        raise PreflightError(f"{label}: is a folder; expected a SQuAD v1.1 JSON file")
+        raise PreflightError(f"{label}: is a folder; expected a {kind} file")
     if not p.is_file():
         raise PreflightError(f"{label}: no such file")
     raw = p.read_bytes()
     if not raw.strip():
-        raise PreflightError(f"{label}: the file is empty; expected SQuAD v1.1 JSON")
+        raise PreflightError(f"{label}: the file is empty; expected {kind}")
     try:
         if b"\x00" in raw[:8192]:
             raise UnicodeError
         text = raw.decode("utf-8-sig")
     except UnicodeError:
-        raise PreflightError(f"{label}: a binary file, not SQuAD v1.1 JSON text") from None
+        raise PreflightError(f"{label}: a binary file, not {kind} text") from None
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PreflightError(f"{label}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    try:
-        questions = list(data_mod.squad_questions(doc, label))
-    except data_mod.DataError as exc:
+        return task.check_data_file(p, text, label, cfg, warn)
+    except UserError as exc:
         raise PreflightError(str(exc)) from None
-    bad = sum(not q["ok"] for q in questions)
-    if not questions:
-        raise PreflightError(f"{label}: holds no questions (data[].paragraphs[].qas[] are all empty)")
-    if bad > MAX_BAD_ANSWER_SHARE * len(questions):
-        raise PreflightError(f"{label}: {bad} of {len(questions)} questions have an answer_start that does not point "
-                             "at their answer text in the context (character offsets expected)")
-    if bad and warn:
-        warn(f"[raykd] warning: {label}: {bad} of {len(questions)} questions have an answer_start that does not "
-             "match their answer text; they are skipped")
-    return len(questions)
+
+
+def resolve_data(cfg: config_mod.RaykdConfig, say: Callable[[str], None] = print) -> config_mod.RaykdConfig:
+    """With ``data.synthetic_if_missing``, local data files that are not there are replaced by the
+    task's generated data, and the console says so (a quickstart that uses real data where it is
+    found and still runs from a fresh clone). Otherwise the config as it is: a missing file is
+    refused by :func:`check_data`."""
+    d = cfg.data
+    files = [f for f in (d.train_file, d.validation_file) if f]
+    missing = [f for f in files if not Path(f).expanduser().exists()]
+    if d.synthetic or not d.synthetic_if_missing or not missing:
+        return cfg
+    say(f"[raykd] data: {', '.join(missing)} not found; training and evaluating on raykd's generated "
+        f"{cfg.task} data instead (data.synthetic_if_missing)")
+    return config_mod.with_values(cfg, {"data.synthetic": True, "data.train_file": None, "data.validation_file": None})
 
 
 def _dataset_cached(name: str) -> bool:
@@ -124,18 +123,19 @@ def check_data(cfg: config_mod.RaykdConfig, params: list | None = None, warn=Non
         return
     from raykd import spaces
 
+    task = tasks.get(cfg.task)
     for train_file in spaces.values_of(params or [], cfg, "data.train_file"):
         if train_file:
-            check_squad_file(train_file, f"{src}: data.train_file", warn)
+            check_data_file(task, cfg, train_file, f"{src}: data.train_file", warn)
     if d.validation_file:
-        check_squad_file(d.validation_file, f"{src}: data.validation_file", warn)
+        check_data_file(task, cfg, d.validation_file, f"{src}: data.validation_file", warn)
     if d.train_file and d.validation_file:
         return
     # Some split comes from the hub.
     what = "data.dataset_name" if not d.train_file else "data.validation_file (unset, so from data.dataset_name)"
     if Path(d.dataset_name).expanduser().exists():
         return
-    fix = "set data.train_file and data.validation_file to local SQuAD v1.1 JSON files (or data.synthetic: true)"
+    fix = f"set data.train_file and data.validation_file to local {task.file_format} files (or data.synthetic: true)"
     offline = _offline("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
     if offline:
         if not _dataset_cached(d.dataset_name):
@@ -260,12 +260,22 @@ def check_models(cfg: config_mod.RaykdConfig, mode: str, params: list | None = N
     else:
         sources = []
 
+    task = tasks.get(cfg.task)
     confs: dict[tuple[str, str], dict | None] = {}
     for name, key in teachers + sources:
         confs[(name, key)] = model_config(name, f"{src}: {key}")
     for name, key in students:
         # With a layer copy the student only names the tokenizer.
         confs[(name, key)] = model_config(name, f"{src}: {key}", weights=not layers)
+    # A teacher must carry the task's trained head; a student loaded whole must fit the task's
+    # (e.g. as many labels as the data). A base a teacher is fine-tuned from gets a new head.
+    for name, key, is_teacher in ([(n, k, True) for n, k in teachers if k == "models.teacher"]
+                                  + ([] if layers else [(n, k, False) for n, k in students])):
+        if confs.get((name, key)):
+            try:
+                task.check_model_config(confs[(name, key)], cfg, f"{src}: {key} {name}", is_teacher)
+            except UserError as exc:
+                raise PreflightError(str(exc)) from None
     # The student's architecture comes from the layer source when layers are copied.
     built_from = teachers + (sources if layers else students)
     for name, key in built_from:
@@ -356,7 +366,7 @@ def check_evaluate(model: str, data_file: str, max_length: int, doc_stride: int,
         raise PreflightError(f"--doc-stride {doc_stride}: must be in (0, --max-length={max_length})")
     if batch_size < 1:
         raise PreflightError(f"--batch-size {batch_size}: must be > 0")
-    check_squad_file(data_file, "--data", warn)
+    check_data_file(tasks.get("question_answering"), None, data_file, "--data", warn)
     conf = model_config(model, "--model")
     limit = _positions(conf)
     if limit is not None and max_length > limit:

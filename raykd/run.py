@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from raykd import preflight
-from raykd.config import DISTILL, RaykdConfig, experiment_path, with_values
-from raykd.metrics import METRIC
+from raykd import objective, preflight
+from raykd.config import DISTILL, RaykdConfig, experiment_path, storage_root, with_values
 
 # The order of every command: config and space checks (on load), preflight (files, models,
 # experiment folder, the tracking store's reachability), then Ray, then the cluster's resources,
@@ -56,30 +55,34 @@ def _start(cfg: RaykdConfig, mode: str | None, address: str | None, overwrite: b
 def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking_uri: str | None = None,
                tracking: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """One distillation (``mode="distill"``) or fine-tuning run; returns its summary."""
+    cfg = preflight.resolve_data(cfg)
     preflight.check(cfg, mode, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)
     from raykd import storage, train  # ray, torch: after the checks, which then answer in a second
+    from raykd.prepare import prepare_study
 
     _start(cfg, mode, address, overwrite)
     if tracker:
         tracker.connect(cfg, tracking_uri)
-    study, info = train.prepare_study(cfg, mode)
+    study, info = prepare_study(cfg, mode)
     result = train.fit(cfg, mode, study=study)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
-    best = train.best_metrics(result)
-    checkpoint = train.best_checkpoint(result)
+    metric = objective.metric(cfg)
+    best = train.best_metrics(result, metric)
+    checkpoint = train.best_checkpoint(result, metric)
     logged = {}
     if tracker:
         with checkpoint.as_directory() as ckpt_dir:
             logged = tracker.log_single_run(cfg, mode, train.history(result), best, ckpt_dir, study.teacher)
     return {
         "mode": mode,
-        METRIC: best.get(METRIC),
-        "eval_exact_match": best.get("eval_exact_match"),
+        "task": cfg.task,
+        "metric": metric,
+        **{key: best.get(key) for key, _ in objective.scores(cfg)},
         "best_round": best.get("round"),
         "rounds": (result.metrics or {}).get("round"),
-        "checkpoint": storage.as_uri(checkpoint.path, train.storage_root(cfg)),
+        "checkpoint": storage.as_uri(checkpoint.path, storage_root(cfg)),
         "teacher": study.teacher,
         "prepared": info,
         "mlflow": logged,
@@ -87,26 +90,30 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
 
 
 def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
+    cfg = preflight.resolve_data(cfg)
     preflight.check(cfg, DISTILL, experiment=False)
     from raykd import train
+    from raykd.prepare import prepare_study
 
     _begin()
     train.init_ray(address)
     train.check_resources(cfg)  # a teacher fine-tuned first runs on the scaling section's workers
-    study, info = train.prepare_study(cfg, train.DISTILL)
+    study, info = prepare_study(cfg, DISTILL)
     return {**info, "teacher": study.teacher, "teacher_file": study.teacher_file}
 
 
 def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride: int = 128,
                    batch_size: int = 64, predictions_file: str | None = None, nbest_file: str | None = None,
                    n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
-    """EM/F1 of a saved model on a SQuAD v1.1 JSON file (no Ray needed); optionally writes the
-    answers in the official script's format and the n-best lists (:mod:`raykd.predictions`)."""
+    """EM/F1 of a saved question-answering model on a SQuAD v1.1 JSON file (no Ray needed);
+    optionally writes the answers in the official script's format and the n-best lists
+    (:mod:`raykd.predictions`)."""
     preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
     from raykd import data, inference, models, predictions
+    from raykd.tasks.squad import HEAD
 
     tok = models.load_tokenizer(model)
-    qa = models.load_qa_model(model)
+    qa = models.load_model(model, HEAD)
     loaded = data.read_squad_json(data_file)
     feats = data.build_features(loaded.examples, tok, max_length, doc_stride, train=False)
     scores, preds = inference.evaluate(qa, feats, loaded.examples, n_best=n_best,
@@ -126,9 +133,10 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
     from raykd import spaces, storage
 
+    cfg = preflight.resolve_data(cfg)
     # Everything a trial could refuse is refused here, before Ray starts.
     params = spaces.parse(cfg.space, cfg.source)
-    spaces.check_keys(params, cfg.source)
+    spaces.check_keys(params, cfg.source, cfg.task)
     # The space's constants are part of every trial's config, hence of the study it prepares.
     cfg = with_values(cfg, spaces.constants(params))
     spaces.check_corners(cfg, params)
@@ -137,12 +145,13 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
     from raykd import search as search_mod  # ray, optuna, torch: after the checks
-    from raykd import teacher_cache, train
+    from raykd import teacher_cache
+    from raykd.prepare import prepare_study
 
     _start(cfg, None, address, overwrite, driver_cpu=search_mod.DRIVER_CPU)
     if tracker:
         tracker.connect(cfg, tracking_uri)
-    study, info = train.prepare_study(cfg, train.DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
+    study, info = prepare_study(cfg, DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
     logits = ("computed" if info["teacher_logits_computed"] else "reused") if study.teacher_file else "not used"
     print(f"[raykd] study: teacher {study.teacher}; features {'built' if info['features_built'] else 'reused'}; "
           f"teacher logits {logits}", flush=True)
@@ -155,7 +164,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if tracker:
         uri = tracker.resolve_uri(cfg, tracking_uri)
         # A resumed search keeps logging under the study run it started with.
-        parent_file = storage.join(train.storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
+        parent_file = storage.join(storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
         saved = storage.read_text(parent_file) if resume else None
         if saved:
             parent = saved.strip()
@@ -189,8 +198,8 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     print(search_mod.format_table(summary))
     best = summary["best"]
     if best:
-        print(f"\nbest trial {best['trial_id']}: {METRIC}={best[METRIC]:.2f} "
-              f"EM={best['eval_exact_match']:.2f} (round {best['score_round']}, its {summary['trial_score']} round)")
+        shown = " ".join(f"{label}={best[key]:.2f}" for key, label in the_plan.scores if best.get(key) is not None)
+        print(f"\nbest trial {best['trial_id']}: {shown} (round {best['score_round']}, its {summary['trial_score']} round)")
         print("best config: " + json.dumps({k: best[k] for k in spaces.searched_keys(params)}))
         print(f"best checkpoint: {best['checkpoint_path']}")
     if summary.get("mlflow", {}).get("registered_model"):

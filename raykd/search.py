@@ -1,6 +1,7 @@
 """The search: a Ray Tune ``Tuner`` over a per-trial driver function that builds the trial's
 ``TorchTrainer`` (Train V2 + ``TuneReportCallback``), with ``OptunaSearch`` (seeded multivariate
-TPE) proposing hyperparameters and ``ASHAScheduler`` stopping bad trials on ``eval_f1``. Also: the
+TPE) proposing hyperparameters and ``ASHAScheduler`` stopping bad trials on the objective (the
+task's metric, ``eval_f1`` for QA, ``eval_accuracy`` for classification; :mod:`raykd.objective`). Also: the
 study broker (a study per distinct value of a study-changing key), concurrency derived from cluster
 resources, resume, and the summary of all trials.
 
@@ -34,10 +35,14 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import errors, spaces, storage, train
-from raykd.config import RaykdConfig, with_values
+from raykd import errors, objective, spaces, storage, train
+from raykd.checkpoints import META_FILE
+from raykd.config import DISTILL, RaykdConfig, storage_root, with_values
 from raykd.errors import TrialFailed, UserError
-from raykd.metrics import METRIC, MODE
+from raykd.objective import MODE
+from raykd.prepare import prepare_study
+from raykd.runspec import RunSpec, Study
+from raykd.schedule import expected_rounds
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
 TRAIN_RUNS = "train_runs"
@@ -117,7 +122,7 @@ class StudyBroker:
         key = json.dumps(values, sort_keys=True, default=str)
         if key not in self.studies:
             cfg = with_values(RaykdConfig.from_dict(self.base), values)
-            study, info = train.prepare_study(cfg, train.DISTILL, need_logits=self.need_logits)
+            study, info = prepare_study(cfg, DISTILL, need_logits=self.need_logits)
             print(f"[raykd] study for {key}: features {'built' if info['features_built'] else 'reused'}, "
                   f"teacher logits {'computed' if info['teacher_logits_computed'] else 'reused or not needed'}",
                   flush=True)
@@ -187,16 +192,16 @@ class ResumableASHA(ASHAScheduler):
 
 
 class ProgressTable(tune.CLIReporter):
-    """Tune's progress table with what a user watches as columns: the round, ``eval_f1``, EM and
+    """Tune's progress table with what a user watches as columns: the round, the task's scores
+    (the objective by its full name, e.g. ``eval_f1`` and EM, or ``eval_accuracy`` and F1), the
     loss, and the searched parameters. Printed when a trial ends (and once at the end, if that
     adds anything), not every few seconds; without the scheduler's brackets and the resource
     lines, which are Ray's internals."""
 
-    def __init__(self, keys: list[str]):
+    def __init__(self, keys: list[str], scores: list[tuple[str, str]]):
         short = [k.rsplit(".", 1)[-1] for k in keys]
         params = {k: (s if short.count(s) == 1 else k) for k, s in zip(keys, short)}
-        super().__init__(metric_columns={"round": "round", METRIC: METRIC, "eval_exact_match": "EM",
-                                         "train_loss": "loss"},
+        super().__init__(metric_columns={"round": "round", **dict(scores), "train_loss": "loss"},
                          parameter_columns=params, max_report_frequency=0)
         self._printed_at = 0  # trials ended when the table was last printed
 
@@ -221,17 +226,19 @@ class RoundLines(tune.Callback):
     workers' own lines are not shown in a search: Ray forwards them late, and its log
     deduplication merges lines of different trials that differ only in numbers."""
 
-    def __init__(self, rounds: int):
+    def __init__(self, rounds: int, scores: list[tuple[str, str]]):
         self.rounds = rounds
+        self.scores = scores  # (key, label), the objective first
         self._printed: set[tuple[str, int]] = set()
 
     def _line(self, trial: Trial, result: dict) -> None:
-        if METRIC not in result or (trial.trial_id, result.get("round")) in self._printed:
+        metric = self.scores[0][0]
+        if metric not in result or (trial.trial_id, result.get("round")) in self._printed:
             return
         self._printed.add((trial.trial_id, result.get("round")))
+        shown = " ".join(f"{label}={result.get(key, float('nan')):.2f}" for key, label in self.scores)
         print(f"[raykd] trial {trial.trial_id} round {result.get('round')}/{self.rounds}: "
-              f"{METRIC}={result[METRIC]:.2f} EM={result['eval_exact_match']:.2f} "
-              f"loss={result.get('train_loss', float('nan')):.4f}", flush=True)
+              f"{shown} loss={result.get('train_loss', float('nan')):.4f}", flush=True)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info) -> None:
         self._line(trial, result)
@@ -239,7 +246,7 @@ class RoundLines(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         last = trial.last_result or {}
         self._line(trial, last)
-        if METRIC in last and not last.get("final", True):
+        if self.scores[0][0] in last and not last.get("final", True):
             print(f"[raykd] trial {trial.trial_id} stopped early by ASHA after round {last.get('round')}/{self.rounds}",
                   flush=True)
 
@@ -254,7 +261,7 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
         study = ray.get(broker.get.remote({k: config[k] for k in study_keys}))
     trial_id = tune.get_context().get_trial_id()
     trainer = train.build_trainer(
-        cfg, train.Study(**study).loop_config(cfg, train.DISTILL, eval_rounds=rounds), name=trial_id,
+        RunSpec.of(cfg, DISTILL, Study(**study), eval_rounds=rounds), name=trial_id,
         storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
     )
     try:
@@ -312,17 +319,20 @@ def optuna_trials(cfg: RaykdConfig, experiment_path: str) -> list[dict[str, Any]
 @dataclass
 class Plan:
     """What every trial of a search shares: its rounds, ASHA's first rung (None: no early
-    stopping) and how a trial is scored."""
+    stopping), how a trial is scored (by which metric, its best or last round), and the scores
+    the console shows ((key, label), the objective first)."""
 
     rounds: int
     grace: int | None
     trial_score: str
+    metric: str
+    scores: list[tuple[str, str]]
 
     @property
     def keep_by(self) -> str:
         # The checkpoint a trial's score comes from is the one to keep: its best round by the
         # metric, or simply its latest.
-        return METRIC if self.trial_score == "best" else "round"
+        return self.metric if self.trial_score == "best" else "round"
 
 
 def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, warn=print) -> Plan:
@@ -332,7 +342,7 @@ def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, wa
     barely trained student say little about where it ends. An explicit grace period wins, with a
     warning when it falls inside warm-up; one past the rounds is refused."""
     s = cfg.search
-    rounds = s.rounds or train.expected_rounds(cfg, n_train_features)
+    rounds = s.rounds or expected_rounds(cfg, n_train_features)
     warm = spaces.largest(params, cfg, "optim.warmup_ratio")
     if s.grace_period is not None:
         if s.grace_period > rounds:
@@ -348,7 +358,7 @@ def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, wa
     # A first rung at the last round stops nothing: every trial there has finished.
     if s.scheduler == "fifo" or grace >= rounds:
         grace = None
-    return Plan(rounds, grace, s.trial_score)
+    return Plan(rounds, grace, s.trial_score, objective.metric(cfg), objective.scores(cfg))
 
 
 @dataclass
@@ -357,10 +367,10 @@ class SearchSetup:
     experiment_path: str
 
 
-def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the_plan: Plan,
+def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan: Plan,
            callbacks: list, resume: bool) -> SearchSetup:
     s = cfg.search
-    root = train.storage_root(cfg)
+    root = storage_root(cfg)
     experiment_path = storage.join(root, s.name)
     runs_path = f"{experiment_path}/{TRAIN_RUNS}"
     keys = spaces.study_keys(params)
@@ -399,7 +409,7 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
         space=spaces.define_by_run(params),
         study_name=s.name,
         storage=optuna_storage(experiment_path),
-        metric=METRIC,
+        metric=the_plan.metric,
         mode=MODE,
         sampler=optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials),
         points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
@@ -417,18 +427,19 @@ def _tuner(cfg: RaykdConfig, study: train.Study, params: list[spaces.Param], the
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+            metric=the_plan.metric, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
             max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
         ),
         run_config=tune.RunConfig(
-            name=s.name, storage_path=root, callbacks=[RoundLines(the_plan.rounds), *callbacks], verbose=1,
-            progress_reporter=ProgressTable(spaces.searched_keys(params)
-                                            + [p.key for p in params if p.kind == "complement"])),
+            name=s.name, storage_path=root, callbacks=[RoundLines(the_plan.rounds, the_plan.scores), *callbacks],
+            verbose=1, progress_reporter=ProgressTable(spaces.searched_keys(params)
+                                                       + [p.key for p in params if p.kind == "complement"],
+                                                       the_plan.scores)),
     )
     return SearchSetup(tuner, experiment_path)
 
 
-def run_search(cfg: RaykdConfig, study: train.Study, the_plan: Plan, callbacks: list | None = None,
+def run_search(cfg: RaykdConfig, study: Study, the_plan: Plan, callbacks: list | None = None,
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)
@@ -469,16 +480,18 @@ def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbac
     it started, while its trials would take rounds and checkpoint rules from the current config:
     a changed setting would be half applied, so it is refused. The plan is recorded at the start."""
     record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
+              "metric": the_plan.metric,
               "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
               "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
-    fs, path = storage.filesystem(f"{train.storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
+    fs, path = storage.filesystem(f"{storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
     if resume:
         try:
             with fs.open_input_stream(path) as f:
                 saved = json.loads(f.read())
         except (FileNotFoundError, OSError, ValueError):
             return  # started before the plan was recorded
-        changed = {k: (saved.get(k), v) for k, v in record.items() if saved.get(k) != v}
+        # A setting the interrupted search did not record (an older raykd) is not compared.
+        changed = {k: (saved[k], v) for k, v in record.items() if k in saved and saved[k] != v}
         if changed:
             raise UserError(f"{cfg.source or 'config'}: --resume with settings that differ from the interrupted "
                             "search's (was, now): " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -518,8 +531,8 @@ def _saved_statuses(experiment_path: str, grid) -> dict[str, str]:
         return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
 
 
-def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
-    """Leave each trial its best ``keep`` checkpoints by ``by`` (METRIC, or ``round``: the latest). Train keeps the latest one too
+def prune_checkpoints(runs_path: str, keep: int, by: str) -> None:
+    """Leave each trial its best ``keep`` checkpoints by ``by`` (the objective, or ``round``: the latest). Train keeps the latest one too
     (to resume a run); once the search is over no trial resumes, so that one goes unless it is
     among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
     fs, root = storage.filesystem(runs_path)
@@ -530,22 +543,22 @@ def prune_checkpoints(runs_path: str, keep: int, by: str = METRIC) -> None:
         scored = []
         for path in ckpts:
             try:
-                with fs.open_input_stream(f"{path}/{train.META_FILE}") as f:
+                with fs.open_input_stream(f"{path}/{META_FILE}") as f:
                     scored.append((json.loads(f.read())[by], path))
             except (FileNotFoundError, OSError, KeyError, ValueError):
                 scored.append((float("-inf"), path))
-        scored.sort(reverse=MODE == "max" or by != METRIC)
+        scored.sort(reverse=MODE == "max" or by == "round")
         for _, path in scored[keep:]:
             fs.delete_dir(path)
 
 
-def trial_score(df, rule: str):
-    """The row of a trial's results its score comes from: its best round by METRIC (among equal
+def trial_score(df, rule: str, metric: str):
+    """The row of a trial's results its score comes from: its best round by ``metric`` (among equal
     scores the latest, as in Train's checkpoint manager and in prune_checkpoints, so the row's
     checkpoint is the one that was kept), or its last round."""
     if rule == "last":
         return df.iloc[-1]
-    col = df[METRIC][::-1]
+    col = df[metric][::-1]
     return df.loc[col.idxmax() if MODE == "max" else col.idxmin()]
 
 
@@ -565,7 +578,7 @@ def _with_earlier_rounds(df, runs_path: str | None, trial_id: str):
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
             try:
-                with fs.open_input_stream(f"{info.path}/{train.META_FILE}") as f:
+                with fs.open_input_stream(f"{info.path}/{META_FILE}") as f:
                     meta = json.loads(f.read())
                 metas[int(meta["round"])] = (meta, info.path)
             except (FileNotFoundError, OSError, KeyError, ValueError):
@@ -584,7 +597,10 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
               runs_path: str | None = None) -> dict[str, Any]:
     """One row per trial (hyperparameters, its score and the round it comes from, rounds run of
     those planned, stopped early), and the best trial: the best score over all trials, with the
-    checkpoint of the round it comes from."""
+    checkpoint of the round it comes from. Every score the task reports is a column, each taken
+    from the trial's score round."""
+    metric = the_plan.metric
+    score_keys = [k for k, _ in the_plan.scores]
     rows = []
     for result in grid:
         config = result.config or {}
@@ -595,36 +611,34 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
             row["error"] = errors.reason(result.error)
         # Not TERMINATED and not errored: the search was interrupted while this trial ran or waited.
         unfinished = (statuses or {}).get(trial_id, "TERMINATED") not in ("TERMINATED", "ERROR")
-        if df is None or df.empty or METRIC not in df:
+        if df is None or df.empty or metric not in df:
             row.update({"status": "FAILED" if result.error else ("UNFINISHED" if unfinished else "NO RESULT"),
-                        METRIC: None,
-                        "eval_exact_match": None, "rounds": 0, "planned_rounds": the_plan.rounds,
+                        **dict.fromkeys(score_keys), "rounds": 0, "planned_rounds": the_plan.rounds,
                         "stopped_early": False,
                         "checkpoint_path": None})
             rows.append(row)
             continue
-        best = trial_score(df, the_plan.trial_score)
+        best = trial_score(df, the_plan.trial_score, metric)
         last = df.iloc[-1]
         final = bool(last.get("final", True))
         row.update({
             "status": "FAILED" if result.error else (
                 "UNFINISHED" if unfinished else "STOPPED" if not final else "COMPLETED"),
-            METRIC: float(best[METRIC]),
-            "eval_exact_match": float(best["eval_exact_match"]),
+            **{k: float(best[k]) if k in best else None for k in score_keys},
             "score_round": int(best["round"]),
             "rounds": int(df["round"].max()),
             "planned_rounds": the_plan.rounds,
             "stopped_early": not final and not result.error and not unfinished,
             "checkpoint_path": best.get("checkpoint_path"),
-            "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[METRIC])],
+            "curve": [[int(r), float(f)] for r, f in zip(df["round"], df[metric])],
         })
         rows.append(row)
     # A failed trial's rounds before the failure are real, but its run did not end as configured:
     # the winner comes from trials that ran their schedule (or were stopped by the scheduler).
-    scored = [r for r in rows if r[METRIC] is not None and r["status"] not in ("UNFINISHED", "FAILED")]
+    scored = [r for r in rows if r[metric] is not None and r["status"] not in ("UNFINISHED", "FAILED")]
     pick = max if MODE == "max" else min
-    best_row = pick(scored, key=lambda r: r[METRIC]) if scored else None
-    return {"metric": METRIC, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
+    best_row = pick(scored, key=lambda r: r[metric]) if scored else None
+    return {"metric": metric, "scores": score_keys, "trial_score": the_plan.trial_score, "rounds": the_plan.rounds,
             "grace_period": the_plan.grace, "trials": rows, "best": best_row}
 
 

@@ -7,8 +7,12 @@ Keys are dotted config fields (any field of :class:`raykd.config.RaykdConfig`). 
     optim.learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-4}
     optim.batch_size:    {type: choice, values: [8, 16]}
     data.doc_stride:     {type: int, low: 32, high: 128}          # qint: add step
-    distill.alpha_squad: {type: complement, of: distill.alpha_ce} # = 1 - alpha_ce (tied)
+    distill.alpha_hard:  {type: complement, of: distill.alpha_ce} # = 1 - alpha_ce (tied)
     optim.warmup_ratio:  0.1                                       # a constant
+
+A key may be written by an old name (``distill.alpha_squad`` for ``distill.alpha_hard``,
+:data:`raykd.config.KEY_ALIASES`): it is kept as written (trial configs, the summary's columns)
+and compared by its current name.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from raykd import config as config_mod
+from raykd.config import canonical
 from raykd.errors import UserError
 
 KINDS = ("uniform", "loguniform", "int", "qint", "choice", "complement")
-ALPHAS = ("distill.alpha_ce", "distill.alpha_squad", "distill.alpha_cos")
+ALPHAS = ("distill.alpha_ce", "distill.alpha_hard", "distill.alpha_cos")
 
 
 class SpaceError(UserError):
@@ -62,9 +67,10 @@ def _check_value(key: str, value: Any, source) -> None:
         config_mod._check_type(value, config_mod.field_type(key), key, None)
     except config_mod.ConfigError as exc:
         raise _err(source, key, str(exc).split(": ", 1)[-1]) from None
-    if key in ALPHAS and not 0 <= float(value) <= (math.inf if key == "distill.alpha_cos" else 1):
+    name = canonical(key)
+    if name in ALPHAS and not 0 <= float(value) <= (math.inf if name == "distill.alpha_cos" else 1):
         raise _err(source, key, f"an alpha must be in [0, 1], got {value!r}")
-    if key == "distill.temperature" and float(value) <= 0:
+    if name == "distill.temperature" and float(value) <= 0:
         raise _err(source, key, f"temperature must be > 0, got {value!r}")
 
 
@@ -96,7 +102,7 @@ def parse(space: dict[str, Any], source: str | None = None) -> list[Param]:
             continue
         if kind == "complement":
             of = spec.get("of")
-            if key not in ALPHAS or of not in ALPHAS:
+            if canonical(key) not in ALPHAS or not isinstance(of, str) or canonical(of) not in ALPHAS:
                 raise _err(source, key, "complement ties two alphas: {type: complement, of: distill.alpha_ce}")
             params.append(Param(key, kind, of=of))
             continue
@@ -115,12 +121,13 @@ def parse(space: dict[str, Any], source: str | None = None) -> list[Param]:
         for bound in (low, high):
             _check_value(key, int(bound) if kind in ("int", "qint") else bound, source)
         params.append(Param(key, kind, low=low, high=high, step=step))
-    keys = {p.key for p in params}
-    for p in params:
+    keys = {canonical(p.key) for p in params}
+    for i, p in enumerate(params):
         if p.kind == "complement":
-            base = next((q for q in params if q.key == p.of), None)
+            base = next((q for q in params if canonical(q.key) == canonical(p.of)), None)
             if base is None or base.kind == "complement":
                 raise _err(source, p.key, f"complement of {p.of}, which is not searched")
+            params[i] = Param(p.key, p.kind, of=base.key)  # the name Optuna knows it by
     if len(keys) != len(params):
         raise SpaceError(f"{source}: duplicate keys in space")
     return params
@@ -195,7 +202,11 @@ STUDY_KEYS = (
 _EVAL_DATA = "changes the evaluation data, so the trials' scores would not be comparable"
 _PER_SEARCH = "is a setting of the whole search, not of a trial"
 REJECTED = {
+    "task": "is what the search is about: its data, model head and scores; search one task per search",
+    "data.num_labels": "is fixed by the data's labels",
     "data.dataset_name": _EVAL_DATA,
+    "data.dataset_config": _EVAL_DATA,
+    "data.synthetic_if_missing": _EVAL_DATA,
     "data.validation_file": _EVAL_DATA,
     "data.synthetic": _EVAL_DATA,
     "data.synthetic_eval_size": _EVAL_DATA,
@@ -216,6 +227,7 @@ REJECTED = {
 def key_effect(key: str) -> str:
     """``"trial"`` (honoured by the trial's own config), ``"study"`` (a study per distinct value),
     or ``"rejected"``."""
+    key = canonical(key)
     if key in STUDY_KEYS:
         return "study"
     if any(key == k or key.startswith(k + ".") for k in REJECTED):
@@ -223,12 +235,19 @@ def key_effect(key: str) -> str:
     return "trial"
 
 
-def check_keys(params: list[Param], source: str | None) -> None:
-    """Refuse keys that a trial cannot honour, naming the key and why."""
+def check_keys(params: list[Param], source: str | None, task: str | None = None) -> None:
+    """Refuse keys that a trial cannot honour, naming the key and why: keys no trial may change,
+    and (given the task's name) keys the task never reads, which would change nothing."""
+    from raykd import tasks
+
+    unused = tasks.get(task).unused_keys if task else {}
     for p in params:
+        name = canonical(p.key)
         if key_effect(p.key) == "rejected":
-            why = next(v for k, v in REJECTED.items() if p.key == k or p.key.startswith(k + "."))
+            why = next(v for k, v in REJECTED.items() if name == k or name.startswith(k + "."))
             raise _err(source, p.key, f"cannot be searched: it {why}")
+        if name in unused:
+            raise _err(source, p.key, f"cannot be searched: it has no effect for task {task} ({unused[name]})")
 
 
 def study_keys(params: list[Param]) -> list[str]:
@@ -255,15 +274,15 @@ def _corners(p: Param) -> list[Any]:
 
 def values_of(params: list[Param], base: config_mod.RaykdConfig, key: str) -> list[Any]:
     """The values ``key`` can take in a trial: its choices or range ends, or the base value."""
-    by_key = {p.key: p for p in params}
-    p = by_key.get(key)
+    by_key = {canonical(p.key): p for p in params}
+    p = by_key.get(canonical(key))
     if p is None:
         node: Any = base
-        for part in key.split("."):
+        for part in canonical(key).split("."):
             node = getattr(node, part)
         return [node]
     if p.kind == "complement":
-        return [1.0 - float(v) for v in _corners(by_key[p.of])]
+        return [1.0 - float(v) for v in _corners(by_key[canonical(p.of)])]
     return _corners(p)
 
 
@@ -300,12 +319,12 @@ def _can_be_zero(p: Param | None, base_value: float) -> bool:
 def _check_alphas_not_all_zero(base: config_mod.RaykdConfig, params: list[Param]) -> None:
     """Refuse a space in which a trial can draw every loss weight as exactly 0 (it would train on
     a zero loss). A complement ties two alphas to a sum of 1, so such a space never can."""
-    by_key = {p.key: p for p in params}
+    by_key = {canonical(p.key): p for p in params}
     if any(by_key[k].kind == "complement" for k in ALPHAS if k in by_key):
         return
     if all(_can_be_zero(by_key.get(k), getattr(base.distill, k.split(".")[1])) for k in ALPHAS):
-        searched = [k for k in ALPHAS if k in by_key] or list(ALPHAS)
-        raise _err(base.source, searched[0], "a trial can draw every alpha (alpha_ce, alpha_squad, alpha_cos) as 0, "
+        searched = [by_key[k].key for k in ALPHAS if k in by_key] or list(ALPHAS)
+        raise _err(base.source, searched[0], "a trial can draw every alpha (alpha_ce, alpha_hard, alpha_cos) as 0, "
                    "a zero loss; remove 0 from one of them")
 
 

@@ -1,13 +1,17 @@
 """The study-wide cache: tokenized features (built once per study, not once per trial) and the
-frozen teacher's start/end logits over every training feature (computed once, on a GPU when the Ray
-cluster has one, stored as fp16 and read by every trial instead of loading the teacher).
+frozen teacher's logits over every training feature (computed once, on a GPU when the Ray cluster
+has one, stored as fp16 and read by every trial instead of loading the teacher). Task-free: the
+task (:mod:`raykd.tasks`) builds the features and says which logits are distilled.
 
-Layout of one prepared folder, keyed by the fingerprint of (tokenizer, max_length, doc_stride, data)::
+Layout of one prepared folder, keyed by the fingerprint of (task, tokenizer, the task's feature
+settings such as max_length and doc_stride, data)::
 
     <cache_dir>/prepared/<features fingerprint>/
-        manifest.json                 fingerprint inputs, counts, and one entry per teacher
+        manifest.json                 task, fingerprint inputs, counts, and one entry per teacher
         train/ eval/ examples/        datasets saved with save_to_disk
-        teacher-<teacher fp>.npy      float16 [n_train_features, 2, max_length] (start, end)
+        teacher-<teacher fp>.npy      float16 [n_train_features, K, C]: the task's distilled logits
+                                      (QA: K = 2, start and end, C = max_length positions;
+                                      classification: K = 1, C = num_labels)
 
 The temperature is applied at loss time, so nothing here depends on a searched hyperparameter.
 A logits file whose size or sha256 disagrees with the manifest is rebuilt, never used.
@@ -36,9 +40,10 @@ import torch
 from datasets import Dataset, load_from_disk
 
 from raykd import data as data_mod
-from raykd import models
+from raykd import models, tasks
 from raykd.config import DataConfig
 from raykd.console import progress_line
+from raykd.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +71,18 @@ def model_identity(name: str) -> dict[str, Any]:
     return {"files": {p.name: _sha256_file(p) for p in files}}
 
 
-def features_fingerprint(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> dict[str, Any]:
-    train_file, valid_file = data_mod.data_files(cfg, cache_dir)
+def features_fingerprint(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> dict[str, Any]:
+    train_file, valid_file = task.data_files(cfg, cache_dir)
+    hub = cfg.dataset_name + (f"/{cfg.dataset_config}" if cfg.dataset_config else "")
     sources = {
-        "train": _sha256_file(Path(train_file)) if train_file else f"hub:{cfg.dataset_name}:train",
-        "validation": _sha256_file(Path(valid_file)) if valid_file else f"hub:{cfg.dataset_name}:validation",
+        "train": _sha256_file(Path(train_file)) if train_file else f"hub:{hub}:train",
+        "validation": _sha256_file(Path(valid_file)) if valid_file else f"hub:{hub}:validation",
     }
     return {
         "format": FORMAT_VERSION,
+        "task": task.name,
         "tokenizer": model_identity(tokenizer_name),
-        "max_length": cfg.max_length,
-        "doc_stride": cfg.doc_stride,
+        **task.feature_settings(cfg),
         "max_train_samples": cfg.max_train_samples,
         "max_eval_samples": cfg.max_eval_samples,
         "data": sources,
@@ -100,13 +106,17 @@ class Prepared:
         return load_from_disk(str(self.root / "examples"))
 
     def teacher_logits(self) -> np.ndarray:
-        """Memory-mapped [N, 2, L] float16: each worker touches only its own shard's rows."""
+        """Memory-mapped [N, K, C] float16: each worker touches only its own shard's rows."""
         if not self.teacher_file:
             raise FileNotFoundError("this prepared folder has no teacher logits")
         return np.load(self.root / self.teacher_file, mmap_mode="r")
 
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.root / "manifest.json").read_text())
+
+    def task(self) -> Task:
+        """The task these features were built for."""
+        return tasks.get(self.manifest()["task"])
 
 
 def _remove_dead_temporaries(path: Path) -> None:
@@ -132,9 +142,9 @@ def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     tmp.replace(root / "manifest.json")
 
 
-def prepared_root(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> Path:
+def prepared_root(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> Path:
     """The folder :func:`prepare_features` builds (or reuses) for these settings."""
-    return cache_dir / "prepared" / _digest(features_fingerprint(cfg, tokenizer_name, cache_dir))
+    return cache_dir / "prepared" / _digest(features_fingerprint(task, cfg, tokenizer_name, cache_dir))
 
 
 def _complete(root: Path) -> bool:
@@ -145,10 +155,10 @@ def _complete(root: Path) -> bool:
     return bool(manifest.get("complete")) and all((root / d).is_dir() for d in ("train", "eval", "examples"))
 
 
-def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> tuple[Prepared, bool]:
-    """Build (or reuse) the tokenized features. Returns (prepared, built_now). The folder is
-    built under a temporary name and renamed into place complete."""
-    inputs = features_fingerprint(cfg, tokenizer_name, cache_dir)
+def prepare_features(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> tuple[Prepared, bool]:
+    """Build (or reuse) the task's tokenized features. Returns (prepared, built_now). The folder
+    is built under a temporary name and renamed into place complete."""
+    inputs = features_fingerprint(task, cfg, tokenizer_name, cache_dir)
     fp = _digest(inputs)
     root = cache_dir / "prepared" / fp
     if _complete(root):
@@ -158,7 +168,7 @@ def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> t
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _build_features(cfg, tokenizer_name, cache_dir, tmp, fp, inputs)
+        _build_features(task, cfg, tokenizer_name, cache_dir, tmp, fp, inputs)
         if root.exists() and not _complete(root):
             shutil.rmtree(root)  # incomplete: written in place by an older raykd
         try:
@@ -174,26 +184,21 @@ def prepare_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path) -> t
     return Prepared(root), True
 
 
-def _build_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path, root: Path, fp: str,
+def _build_features(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir: Path, root: Path, fp: str,
                     inputs: dict[str, Any]) -> None:
-    tok = models.load_tokenizer(tokenizer_name)
-    train = data_mod.load_split(cfg, "train", cache_dir)
-    valid = data_mod.load_split(cfg, "validation", cache_dir)
-    train_feats = data_mod.build_features(train.examples, tok, cfg.max_length, cfg.doc_stride, train=True)
-    eval_feats = data_mod.build_features(valid.examples, tok, cfg.max_length, cfg.doc_stride, train=False)
-    train_feats.save_to_disk(str(root / "train"))
-    eval_feats.save_to_disk(str(root / "eval"))
-    valid.examples.save_to_disk(str(root / "examples"))
+    built = task.build(cfg, models.load_tokenizer(tokenizer_name), cache_dir)
+    built.train.save_to_disk(str(root / "train"))
+    built.eval.save_to_disk(str(root / "eval"))
+    built.examples.save_to_disk(str(root / "examples"))
     _write_manifest(
         root,
         {
             "fingerprint": fp,
+            "task": task.name,
             "inputs": inputs,
-            "n_train_examples": len(train.examples),
-            "n_train_features": len(train_feats),
-            "n_eval_examples": len(valid.examples),
-            "n_eval_features": len(eval_feats),
-            "skipped": {"train": train.skipped, "validation": valid.skipped},
+            **built.counts,
+            "n_train_features": len(built.train),
+            "n_eval_features": len(built.eval),
             "teachers": {},
             "complete": True,
         },
@@ -202,29 +207,65 @@ def _build_features(cfg: DataConfig, tokenizer_name: str, cache_dir: Path, root:
 
 @torch.no_grad()
 def compute_teacher_logits(
-    teacher_name: str, root: str, batch_size: int = 64, device: str | None = None, progress: bool = True
+    teacher_name: str, root: str, batch_size: int = 64, device: str | None = None, progress: bool = True,
+    limit: int | None = None,
 ) -> np.ndarray:
-    """Teacher forward over every training feature → float16 [N, 2, L]. Runs where it is called
-    (a Ray task with a GPU when :func:`prepare` finds one)."""
+    """Teacher forward over every training feature (or the first ``limit``) -> the task's
+    distilled logits as float16 [N, K, C] (QA: start and end over positions; classification: one
+    row of class logits). Runs where it is called (a Ray task with a GPU when the cluster has one)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = models.load_teacher(teacher_name).to(device)
+    prepared = Prepared(Path(root))
+    task = prepared.task()
+    teacher = models.load_teacher(teacher_name, task.head(_config_of(prepared))).to(device)
     names = models.accepted_inputs(teacher)
-    ds = load_from_disk(str(Path(root) / "train")).with_format("torch", columns=list(names))
-    out = np.empty((len(ds), 2, len(ds[0]["input_ids"])), dtype=np.float16)
+    ds = prepared.train()
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    ds = ds.with_format("torch", columns=list(names))
+    out: np.ndarray | None = None
     use_amp = device.startswith("cuda")
     n_batches = (len(ds) + batch_size - 1) // batch_size
     t0 = time.perf_counter()
     for b, start in enumerate(range(0, len(ds), batch_size)):
-        batch = {k: v.to(device) for k, v in ds[start : start + batch_size].items()}
+        batch = task.trim({k: v.to(device) for k, v in ds[start : start + batch_size].items()})
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            res = models.forward(teacher, batch, names)
-        out[start : start + len(batch["input_ids"]), 0] = res.start_logits.float().cpu().numpy()
-        out[start : start + len(batch["input_ids"]), 1] = res.end_logits.float().cpu().numpy()
+            logits = task.logits(models.forward(teacher, batch, names)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(ds), *logits.shape[1:]), dtype=np.float16)
+        out[start : start + len(logits)] = logits
         if progress and (b % 20 == 0 or b == n_batches - 1):
-            done = start + len(batch["input_ids"])
+            done = start + len(logits)
             print(progress_line("[raykd prepare] teacher logits", done, len(ds), time.perf_counter() - t0),
                   flush=True)
-    return out
+    return out if out is not None else np.zeros((0, 0, 0), np.float16)
+
+
+def check_teacher(task: Task, logits: np.ndarray, train: Dataset) -> None:
+    """The task's look at the teacher's logits on (some of) the training features: a teacher of
+    another label order would otherwise be distilled silently. Refusals raise; doubts are warned."""
+    task.check_teacher(logits, train, lambda m: log.warning("[raykd] warning: %s", m))
+
+
+def check_online_teacher(prepared: Prepared, teacher_name: str, sample: int = 512) -> None:
+    """For a teacher that runs inside the trials (no cache): its logits on the first ``sample``
+    training features, checked the same way, before any trial starts."""
+    if not prepared.task().checks_teacher:
+        return
+    n = min(sample, len(prepared.train()))
+    logits = compute_teacher_logits(teacher_name, str(prepared.root), progress=False, limit=n)
+    check_teacher(prepared.task(), logits, prepared.train().select(range(n)))
+
+
+def _config_of(prepared: Prepared):
+    """A config with the data settings the features were built with (what the task's head needs,
+    e.g. num_labels), read back from the manifest."""
+    import dataclasses
+
+    from raykd.config import RaykdConfig
+
+    inputs = prepared.manifest()["inputs"]
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    return RaykdConfig.from_dict({"task": inputs["task"], "data": {k: v for k, v in inputs.items() if k in fields}})
 
 
 def _valid_logits(root: Path, entry: dict[str, Any]) -> bool:
@@ -246,13 +287,17 @@ def prepare_teacher_logits(
     tfp = _digest(model_identity(teacher_name))
     entry = manifest.get("teachers", {}).get(tfp)
     if entry and _valid_logits(root, entry):
-        return Prepared(root, entry["file"]), False
+        reused = Prepared(root, entry["file"])
+        if reused.task().checks_teacher:
+            check_teacher(reused.task(), np.asarray(reused.teacher_logits()), reused.train())
+        return reused, False
     if entry:
         log.warning("teacher logits %s are corrupt or truncated; rebuilding", entry["file"])
     logits = (compute or compute_teacher_logits)(teacher_name, str(root))
-    expected = (manifest["n_train_features"], 2)
-    if logits.shape[:2] != expected:
-        raise RuntimeError(f"teacher logits have shape {logits.shape}, expected {expected} + (L,)")
+    if logits.ndim != 3 or logits.shape[0] != manifest["n_train_features"]:
+        raise RuntimeError(f"teacher logits have shape {logits.shape}, expected "
+                           f"({manifest['n_train_features']}, heads, classes)")
+    check_teacher(prepared.task(), logits, prepared.train())
     name = f"teacher-{tfp}.npy"
     tmp = data_mod.temp_name(root / name)
     try:

@@ -1,7 +1,7 @@
 """MLflow, and the only module that imports it: where runs are written, the study's parent run, one
 child run per trial (a Tune callback running in the driver, so workers never reach MLflow), single
 train/finetune runs, the plots, and the best student as a registered ``mlflow.pyfunc`` model that
-answers questions.
+does its task (answers questions, labels texts: the task's predictor, :mod:`raykd.tasks`).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from raykd import errors, storage
+from raykd import errors, objective, storage, tasks
+from raykd.checkpoints import NOT_MODEL_FILES
 from raykd.config import RaykdConfig
 from raykd.errors import UserError
-from raykd.metrics import METRIC
 
-LOGGED_METRICS = (METRIC, "eval_exact_match", "train_loss", "train_kd", "train_ce", "train_cos",
-                  "learning_rate", "samples_per_sec", "epoch", "step")
+# Logged per round besides every evaluation score (``eval_*``: the task's scores).
+LOGGED_METRICS = ("train_loss", "train_kd", "train_ce", "train_cos", "learning_rate", "samples_per_sec", "epoch",
+                  "step", "time_setup_s", "time_train_s", "time_eval_s", "time_checkpoint_s")
 MODEL_NAME = "student"
 
 
@@ -115,7 +116,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _metrics(row: dict[str, Any]) -> dict[str, float]:
-    return {k: float(row[k]) for k in LOGGED_METRICS if isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)}
+    return {k: float(v) for k, v in row.items()
+            if (k in LOGGED_METRICS or k.startswith("eval_")) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher
         best = summary.get("best")
         if best:
             mlflow.log_params({f"best.{k}": best[k] for k in searched if k in best})
-            mlflow.log_metrics({f"best_{METRIC}": best[METRIC], "best_eval_exact_match": best["eval_exact_match"]})
+            mlflow.log_metrics({f"best_{k}": best[k] for k in summary["scores"] if best.get(k) is not None})
             mlflow.set_tag("raykd.best_trial", best["trial_id"])
         mlflow.log_dict(summary, "summary.json")
         _log_plots(summary, optuna_study)
@@ -237,18 +239,19 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
     from raykd import plots
 
     fig = plots.rounds_figure(summary)
-    mlflow.log_figure(fig, "plots/eval_f1_by_round.png")
+    mlflow.log_figure(fig, f"plots/{summary['metric']}_by_round.png")
     plt.close(fig)
     if study is None:
         return
     import optuna
     import optuna.visualization.matplotlib as ovm
 
-    plots = {"optuna_history": ovm.plot_optimization_history, "optuna_parallel_coordinates": ovm.plot_parallel_coordinate}
+    optuna_plots = {"optuna_history": ovm.plot_optimization_history,
+                    "optuna_parallel_coordinates": ovm.plot_parallel_coordinate}
     completed = [t for t in study.trials if t.state.name == "COMPLETE"]
     if len(completed) >= 2 and len(study.trials[0].params) >= 2:
-        plots["optuna_param_importances"] = ovm.plot_param_importances
-    for name, fn in plots.items():
+        optuna_plots["optuna_param_importances"] = ovm.plot_param_importances
+    for name, fn in optuna_plots.items():
         try:
             # Optuna flags its matplotlib plots as experimental on every call (raykd chose them),
             # and warns about degenerate studies (one learning rate for all trials, equal
@@ -287,39 +290,28 @@ def log_single_run(cfg: RaykdConfig, mode: str, history: list[dict[str, Any]], b
 # The student as an MLflow model
 
 
-class QAStudent(mlflow.pyfunc.PythonModel):
-    """Extractive QA: a DataFrame with ``question`` and ``context`` → ``answer``, ``score``,
-    ``start``, ``end`` (character span in the context). Long contexts use the same sliding
-    windows as evaluation."""
+class StudentModel(mlflow.pyfunc.PythonModel):
+    """The student as its task serves it: the task's predictor over the saved model (question
+    answering: ``question`` + ``context`` -> ``answer``, ``score``, ``start``, ``end``;
+    classification: ``text`` -> ``label``, ``score``). The settings file names the task."""
 
     def load_context(self, context) -> None:
-        from raykd import models
-
-        path = context.artifacts["model"]
-        self.tokenizer = models.load_tokenizer(path)
-        self.model = models.load_qa_model(path).eval()
         settings = json.loads(Path(context.artifacts["settings"]).read_text())
-        self.settings = settings
+        self.predict_fn = tasks.get(settings["task"]).predictor(context.artifacts["model"], settings)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from raykd import inference
-
-        rows = inference.answer(self.model, self.tokenizer, list(model_input["question"]),
-                                list(model_input["context"]), **self.settings)
-        return pd.DataFrame(rows)
+        return self.predict_fn(model_input)
 
 
-EXAMPLE = pd.DataFrame({
-    "question": ["Where was Alice Novak born?"],
-    "context": ["Alice Novak was born in Lisbon. Alice Novak works as a chemist."],
-})
-# Declared rather than inferred from the example: inference warns that the integer columns could
-# not hold missing values, and ``start``/``end`` are always set (-1 when there is no answer).
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
-    outputs=Schema([ColSpec("string", "answer"), ColSpec("double", "score"), ColSpec("long", "start"),
-                    ColSpec("long", "end")]),
-)
+def signature(task: tasks.Task) -> ModelSignature:
+    # Declared rather than inferred from the example: inference warns that integer columns could
+    # not hold missing values, and the task knows what it returns.
+    def schema(cols):
+        return Schema([ColSpec(c.type, c.name, required=c.required) for c in cols])
+
+    return ModelSignature(inputs=schema(task.serving_inputs), outputs=schema(task.serving_outputs))
+
+
 # What the logged model imports when it is loaded, besides raykd's own code (shipped with it).
 # ray: the model class lives in this module, which imports Ray's MLflow integration; loading needs it.
 MODEL_PACKAGES = ("torch", "transformers", "datasets", "numpy", "pandas", "pyyaml", "mlflow", "cloudpickle", "ray")
@@ -349,7 +341,7 @@ def model_requirements() -> list[str]:
 
 class _NoPickleNotice(logging.Filter):
     """MLflow warns on every pyfunc logged as a Python object (pickled) rather than from a code
-    file. raykd's object is a stateless ``QAStudent()`` whose code travels with it (code_paths)."""
+    file. raykd's object is a stateless ``StudentModel()`` whose code travels with it (code_paths)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Passing a Python object as `python_model`" not in record.getMessage()
@@ -379,44 +371,42 @@ def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best
                 study: str | None, register: bool | None = None) -> dict[str, Any]:
     """Log the checkpoint as a pyfunc model in the active run (+ metrics), register it if asked."""
     import raykd
-    from raykd import models, train
 
+    task = tasks.get(cfg.task)
+    metric = objective.metric(cfg)
     register = cfg.tracking.register_best if register is None else register
     with tempfile.TemporaryDirectory(prefix="raykd-model-") as tmp:
         model_dir = Path(tmp) / "hf"
         model_dir.mkdir()
         for f in Path(checkpoint_dir).iterdir():
-            if f.is_file() and f.name != train.STATE_FILE:  # optimizer state is not part of the model
+            if f.is_file() and f.name not in NOT_MODEL_FILES:  # optimizer state is not part of the model
                 (model_dir / f.name).write_bytes(f.read_bytes())
         settings = Path(tmp) / "settings.json"
-        settings.write_text(json.dumps({"max_length": cfg.data.max_length, "doc_stride": cfg.data.doc_stride,
-                                        "n_best": cfg.data.n_best, "max_answer_length": cfg.data.max_answer_length}))
-        qa = QAStudent()
-        qa.model = models.load_qa_model(str(model_dir)).eval()
-        qa.tokenizer = models.load_tokenizer(str(model_dir))
-        qa.settings = json.loads(settings.read_text())
-        example_out = qa.predict(None, EXAMPLE)
+        settings.write_text(json.dumps({"task": task.name, **task.serving_settings(cfg)}))
+        predict = task.predictor(str(model_dir), json.loads(settings.read_text()))
+        example = pd.DataFrame(task.serving_example())
+        example_out = predict(example)
         t0 = time.perf_counter()
         reps = 5
         for _ in range(reps):
-            qa.predict(None, EXAMPLE)
+            predict(example)
         latency_ms = (time.perf_counter() - t0) / reps * 1000
-        assert list(example_out.columns) == [c.name for c in SIGNATURE.outputs.inputs]
+        sig = signature(task)
+        assert list(example_out.columns) == [c.name for c in sig.outputs.inputs]
         notice = _NoPickleNotice()
         logging.getLogger("mlflow.pyfunc").addFilter(notice)
         try:
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME, python_model=QAStudent(),
+                name=MODEL_NAME, python_model=StudentModel(),
                 artifacts={"model": str(model_dir), "settings": str(settings)},
                 code_paths=[str(Path(raykd.__file__).parent)],
-                signature=SIGNATURE, input_example=EXAMPLE, pip_requirements=model_requirements(),
+                signature=sig, input_example=example, pip_requirements=model_requirements(),
             )
         finally:
             logging.getLogger("mlflow.pyfunc").removeFilter(notice)
         mlflow.log_metrics({
-            "student_eval_f1": float(best.get(METRIC) or 0.0),
-            "student_eval_exact_match": float(best.get("eval_exact_match") or 0.0),
-            "student_parameters": float(sum(p.numel() for p in qa.model.parameters())),
+            **{f"student_{s.key}": float(best.get(s.key) or 0.0) for s in task.scores},
+            "student_parameters": float(sum(p.numel() for p in predict.model.parameters())),
             "student_size_mb": _dir_size_mb(model_dir),
             "student_latency_ms": latency_ms,
         })
@@ -428,6 +418,7 @@ def log_student(checkpoint_dir: str, cfg: RaykdConfig, teacher: str | None, best
         if study:
             client.set_model_version_tag(name, version, "study", study)
         client.set_model_version_tag(name, version, "teacher", str(teacher))
-        client.set_model_version_tag(name, version, METRIC, f"{best.get(METRIC, 0.0):.4f}")
+        client.set_model_version_tag(name, version, "task", task.name)
+        client.set_model_version_tag(name, version, metric, f"{best.get(metric, 0.0):.4f}")
         out.update({"registered_model": name, "version": version})
     return out

@@ -9,6 +9,7 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForQuestionAnswering,
+    BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     DistilBertTokenizerFast,
@@ -43,4 +44,16 @@ def tiny_distilbert(path: Path, layers: int = 2, hidden: int = 32, seed: int = 0
     DistilBertForQuestionAnswering(cfg).save_pretrained(path)
     # Same WordPiece vocabulary, DistilBERT's tokenizer class (no token_type_ids in its inputs).
     DistilBertTokenizerFast.from_pretrained(models.resolve(MINILM)).save_pretrained(path)
+    return path
+
+
+def tiny_bert_classifier(path: Path, layers: int = 2, hidden: int = 32, num_labels: int = 2, seed: int = 0) -> Path:
+    """A tiny BERT with a sequence-classification head (and a pooler), MiniLM's vocabulary."""
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256, num_labels=num_labels)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer().save_pretrained(path)
     return path

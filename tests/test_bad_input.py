@@ -50,6 +50,7 @@ def _squad(paragraphs) -> str:
 
 
 QA = {"id": "q1", "question": "Where?", "answers": [{"text": "Oslo", "answer_start": 9}]}
+DROP = object()  # a _setdotted value: remove the key from the good config
 CLOSED = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
 
 CATALOGUE = [
@@ -142,6 +143,22 @@ CATALOGUE = [
     Case("evaluate-data-not-json", ["--data", "not JSON"], command="evaluate", before="data:notjson"),
     Case("evaluate-stride", ["--doc-stride", "--max-length"], command="evaluate",
          args=["--max-length", "64", "--doc-stride", "64"]),
+    # The task and what belongs to it (before="cls": the good config made a classification one).
+    Case("unknown-task", ["task", "unknown task 'sentiment'", "classification"], set={"task": "sentiment"}),
+    Case("search-metric-not-the-tasks", ["search.metric", "eval_acc", "not reported by task question_answering",
+                                         "eval_f1"], set={"search.metric": "eval_acc"}),
+    Case("task-ignores-doc-stride", ["data.doc_stride", "no effect for task classification"], before="cls:keepstride"),
+    Case("space-key-the-task-ignores", ["space.data.doc_stride", "no effect for task classification"],
+         set={"space": {"data.doc_stride": {"type": "choice", "values": [16, 32]}}}, before="cls"),
+    Case("classification-file-no-label", ["data.train_file", "line 2", "missing 'label'"], before="cls:nolabel"),
+    Case("classification-label-out-of-range", ["data.train_file", "label 2", "outside 0 .. 1"],
+         before="cls:badlabel"),
+    Case("classification-file-no-text", ["data.train_file", "no text column"], before="cls:notext"),
+    Case("classification-file-not-json-lines", ["data.train_file", "not JSON lines", "line 2"], before="cls:broken"),
+    Case("classification-teacher-is-a-qa-model", ["models.teacher", "BertForQuestionAnswering", "random"],
+         before="cls:qateacher"),
+    Case("classification-teacher-label-count", ["models.teacher", "3 labels", "data.num_labels"],
+         before="cls:threelabels"),
     # Resources the cluster can never provide (local Ray: 2 CPUs here, no GPU).
     Case("gpu-without-gpus", ["scaling.use_gpu", "no GPU"], set={"scaling.use_gpu": True}, ray=True),
     Case("more-cpus-than-cluster", ["scaling", "CPU", "cpus_per_worker"], command="train",
@@ -188,6 +205,20 @@ def world(tmp_path_factory, tiny_models):
         path = root / f"{name}.json"
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     (root / "folder.json").mkdir()
+    # Classification: sentences with labels, good and bad, and classifiers of 2 and 3 labels.
+    import helpers
+
+    lines = {
+        "good": [{"sentence": "a fine film", "label": 1}, {"sentence": "so dull", "label": 0}],
+        "nolabel": [{"sentence": "a fine film", "label": 1}, {"sentence": "so dull"}],
+        "badlabel": [{"sentence": "a fine film", "label": 2}],
+        "notext": [{"review": "a fine film", "label": 1}],
+    }
+    for name, rows in lines.items():
+        (root / f"cls-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "cls-broken.jsonl").write_text('{"sentence": "a fine film", "label": 1}\n{"sentence": so dull}\n')
+    helpers.tiny_bert_classifier(root / "cls-teacher")
+    helpers.tiny_bert_classifier(root / "cls-teacher-3", num_labels=3)
     (root / "file-model").write_text("not a model")
     good = {
         "data": {"train_file": str(root / "train.json"), "validation_file": str(root / "dev.json"),
@@ -201,15 +232,18 @@ def world(tmp_path_factory, tiny_models):
 
 
 def _setdotted(raw: dict, key: str, value) -> None:
-    if key == "space":
-        raw["space"] = value
+    if key in ("space", "task"):
+        raw[key] = value
         return
     section, _, rest = key.partition(".")
     node = raw.setdefault(section, {})
     parts = rest.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = value
+    if value is DROP:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
 
 
 def _before(case: Case, world, cwd: Path, raw: dict) -> None:
@@ -226,6 +260,17 @@ def _before(case: Case, world, cwd: Path, raw: dict) -> None:
         path = {"noweights": world["bare"], "file": root / "file-model", "othervocab": world["othervocab"]}[what]
         _setdotted(raw, "models.student" if what == "othervocab" else "models.teacher", str(path))
         case.args += ["--model", str(path)] if case.command == "evaluate" else []
+    elif kind == "cls":
+        # A good classification config, then what the case breaks in it.
+        files = {"train": "good", "nolabel": "nolabel", "badlabel": "badlabel", "notext": "notext",
+                 "broken": "broken"}
+        _setdotted(raw, "task", "classification")
+        _setdotted(raw, "data.train_file", str(root / f"cls-{files.get(what, 'good')}.jsonl"))
+        _setdotted(raw, "data.validation_file", str(root / "cls-good.jsonl"))
+        if what != "keepstride":
+            _setdotted(raw, "data.doc_stride", DROP)
+        teacher = {"qateacher": world["good"]["models"]["teacher"], "threelabels": root / "cls-teacher-3"}
+        _setdotted(raw, "models.teacher", str(teacher.get(what, root / "cls-teacher")))
     elif kind == "experiment":
         name = "bad-distill" if what == "train" else "bad"
         (cwd / "results" / name).mkdir(parents=True)

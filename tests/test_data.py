@@ -4,6 +4,7 @@ from conftest import write_squad
 
 from raykd import data, synthetic
 from raykd.config import DataConfig
+from raykd.tasks.squad import HEAD as QA_HEAD
 
 
 def _examples(context, question, text, start, qid="q1"):
@@ -82,9 +83,9 @@ def test_distilbert_tokenizer_still_gets_segment_ids(tiny_models):
     ctx = "Oslo is in Norway."
     feats = data.train_features(_examples(ctx, "where is Oslo?", "Norway", ctx.index("Norway")), tok, 32, 8)
     assert "token_type_ids" in feats  # needed by a BERT teacher even when the student ignores them
-    student = models.load_qa_model(str(tiny_models["distilbert"]))
+    student = models.load_model(str(tiny_models["distilbert"]), QA_HEAD)
     assert "token_type_ids" not in models.accepted_inputs(student)
-    assert "token_type_ids" in models.accepted_inputs(models.load_qa_model(str(tiny_models["bert"])))
+    assert "token_type_ids" in models.accepted_inputs(models.load_model(str(tiny_models["bert"]), QA_HEAD))
 
 
 def test_bad_answer_start_records_are_skipped_and_counted(tmp_path):

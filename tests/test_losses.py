@@ -59,8 +59,9 @@ def test_masked_positions_are_ignored():
     s2[~mask] = 100.0  # huge logits at padding / question tokens must change nothing
     t2[~mask] = -50.0
     assert losses.kd_loss(s2, t2, mask, 2.0).item() == pytest.approx(base.item(), rel=1e-6)
-    ce = losses.span_ce_loss(s, s, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), mask)
-    ce2 = losses.span_ce_loss(s2, s2, torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), mask)
+    gold = torch.zeros(3, 2, dtype=torch.long)  # start and end
+    ce = losses.hard_ce_loss(torch.stack([s, s], 1), gold, mask[:, None])
+    ce2 = losses.hard_ce_loss(torch.stack([s2, s2], 1), gold, mask[:, None])
     assert ce.item() == pytest.approx(ce2.item(), rel=1e-6)
     assert torch.isfinite(base)
 
@@ -70,7 +71,9 @@ def test_alpha_ce_zero_is_plain_cross_entropy():
     s_start, s_end = torch.randn(4, 10), torch.randn(4, 10)
     sp, ep = torch.tensor([0, 3, 4, 9]), torch.tensor([0, 5, 4, 9])
     mask = torch.ones(4, 10, dtype=torch.bool)
-    out = losses.distillation_loss(s_start, s_end, sp, ep, mask, alpha_ce=0.0, alpha_squad=1.0)
+    logits = torch.stack([s_start, s_end], 1)
+    hard = losses.hard_ce_loss(logits, torch.stack([sp, ep], 1), mask[:, None])
+    out = losses.distillation_loss(logits, hard, mask=mask[:, None], alpha_ce=0.0, alpha_hard=1.0)
     expected = (F.cross_entropy(s_start, sp) + F.cross_entropy(s_end, ep)) / 2
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert out["kd"].item() == 0.0
@@ -83,8 +86,10 @@ def test_weighted_sum_of_terms():
     mask = torch.ones(2, 6, dtype=torch.bool)
     hs, ht = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
     am = torch.ones(2, 6)
-    out = losses.distillation_loss(s, e, sp, ep, mask, teacher_start=ts, teacher_end=te, temperature=2.0,
-                                   alpha_ce=0.3, alpha_squad=0.7, alpha_cos=0.5, student_hidden=hs,
+    logits = torch.stack([s, e], 1)
+    hard = losses.hard_ce_loss(logits, torch.stack([sp, ep], 1), mask[:, None])
+    out = losses.distillation_loss(logits, hard, mask=mask[:, None], teacher_logits=torch.stack([ts, te], 1),
+                                   temperature=2.0, alpha_ce=0.3, alpha_hard=0.7, alpha_cos=0.5, student_hidden=hs,
                                    teacher_hidden=ht, attention_mask=am)
     want = 0.3 * out["kd"] + 0.7 * out["ce"] + 0.5 * out["cos"]
     assert out["loss"].item() == pytest.approx(want.item(), rel=1e-6)
@@ -105,7 +110,42 @@ def test_kd_needs_teacher_and_fp16_teacher_logits_work():
     s = torch.randn(2, 6)
     mask = torch.ones(2, 6, dtype=torch.bool)
     with pytest.raises(ValueError):
-        losses.distillation_loss(s, s, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), mask,
-                                 alpha_ce=0.5)
+        losses.distillation_loss(torch.stack([s, s], 1), s.new_zeros(()), mask=mask[:, None], alpha_ce=0.5)
     val = losses.kd_loss(s, s.half(), mask, 2.0)
     assert math.isfinite(val.item()) and val.item() < 1e-3
+
+
+# The loss is task-free: a [B, K, C] tensor with an optional mask, whatever K and C mean.
+
+
+def test_kd_on_qa_shape_is_the_mean_of_the_start_and_end_terms():
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 2, 8), torch.randn(3, 2, 8)
+    mask = _mask()[:, None, :]  # one answer-position mask for both heads
+    both = losses.kd_loss(s, t, mask, 2.0)
+    start = losses.kd_loss(s[:, 0], t[:, 0], mask[:, 0], 2.0)
+    end = losses.kd_loss(s[:, 1], t[:, 1], mask[:, 0], 2.0)
+    assert both.item() == pytest.approx(0.5 * (start + end).item(), rel=1e-6)
+
+
+def test_kd_on_classification_shape_without_mask_is_kl_over_classes_with_t_squared():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 1, 3), torch.randn(4, 1, 3)
+    temp = 5.0
+    p_t = F.softmax(t / temp, -1)
+    expected = (p_t * (p_t.log() - F.log_softmax(s / temp, -1))).sum(-1).mean() * temp**2
+    assert losses.kd_loss(s, t, None, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert losses.kd_loss(s, s.clone(), None, temp).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hard_loss_on_classification_shape_is_cross_entropy_and_alpha_ce_zero_is_fine_tuning():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(5, 1, 2), torch.tensor([0, 1, 1, 0, 1])
+    hard = losses.hard_ce_loss(logits, labels[:, None])
+    assert hard.item() == pytest.approx(F.cross_entropy(logits[:, 0], labels).item(), rel=1e-6)
+    out = losses.distillation_loss(logits, hard, alpha_ce=0.0, alpha_hard=1.0)
+    assert out["loss"].item() == pytest.approx(hard.item()) and out["kd"].item() == 0.0
+    teacher = torch.randn(5, 1, 2)
+    mixed = losses.distillation_loss(logits, hard, teacher_logits=teacher, temperature=3.0, alpha_ce=0.4, alpha_hard=0.6)
+    assert mixed["loss"].item() == pytest.approx(0.4 * losses.kd_loss(logits, teacher, None, 3.0).item()
+                                                 + 0.6 * hard.item(), rel=1e-6)

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from raykd import models
+from raykd.tasks.squad import HEAD as QA_HEAD
 
 
 def test_layer_copy_init_equals_teacher_weights(tiny_models):
-    teacher = models.load_qa_model(str(tiny_models["bert"]))
-    student = models.build_student("unused", [0, 2], str(tiny_models["bert"]))
+    teacher = models.load_model(str(tiny_models["bert"]), QA_HEAD)
+    student = models.build_student("unused", [0, 2], str(tiny_models["bert"]), QA_HEAD)
     assert student.config.num_hidden_layers == 2
     t, s = teacher.state_dict(), student.state_dict()
     for name, value in s.items():
@@ -23,8 +24,8 @@ def test_layer_copy_init_equals_teacher_weights(tiny_models):
 
 def test_layer_copy_works_for_distilbert(tmp_path):
     src = helpers.tiny_distilbert(tmp_path / "d", layers=4)
-    student = models.build_student("unused", [1, 3], str(src))
-    teacher = models.load_qa_model(str(src))
+    student = models.build_student("unused", [1, 3], str(src), QA_HEAD)
+    teacher = models.load_model(str(src), QA_HEAD)
     assert student.config.n_layers == 2
     assert torch.equal(student.state_dict()["distilbert.transformer.layer.0.ffn.lin1.weight"],
                        teacher.state_dict()["distilbert.transformer.layer.1.ffn.lin1.weight"])
@@ -32,11 +33,11 @@ def test_layer_copy_works_for_distilbert(tmp_path):
 
 def test_bad_layer_indices_are_rejected(tiny_models):
     with pytest.raises(models.ModelError, match="layers 0..3"):
-        models.build_student("unused", [0, 7], str(tiny_models["bert"]))
+        models.build_student("unused", [0, 7], str(tiny_models["bert"]), QA_HEAD)
 
 
 def test_teacher_is_frozen_in_eval_mode(tiny_models):
-    teacher = models.load_teacher(str(tiny_models["bert"]))
+    teacher = models.load_teacher(str(tiny_models["bert"]), QA_HEAD)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 

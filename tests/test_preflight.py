@@ -3,8 +3,10 @@
 import pytest
 from conftest import write_squad
 
-from raykd import preflight, spaces
+from raykd import preflight, spaces, tasks
 from raykd.config import RaykdConfig
+
+QA = tasks.get("question_answering")
 
 
 def _qa(i, start):
@@ -15,11 +17,11 @@ def test_a_few_bad_answer_offsets_are_skipped_with_a_warning_many_are_refused(tm
     ctx = "Born in Oslo."
     few = write_squad(tmp_path / "few.json", [{"context": ctx, "qas": [_qa(i, 8) for i in range(199)] + [_qa(199, 0)]}])
     warned = []
-    assert preflight.check_squad_file(str(few), "data.train_file", warned.append) == 200
+    assert preflight.check_data_file(QA, None, str(few), "data.train_file", warned.append) == 200
     assert len(warned) == 1 and "1 of 200" in warned[0]
     many = write_squad(tmp_path / "many.json", [{"context": ctx, "qas": [_qa(0, 8), _qa(1, 3)]}])
     with pytest.raises(preflight.PreflightError, match="1 of 2 questions"):
-        preflight.check_squad_file(str(many), "data.train_file")
+        preflight.check_data_file(QA, None, str(many), "data.train_file")
 
 
 def test_every_searched_model_is_checked(tmp_path, tiny_models):

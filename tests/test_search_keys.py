@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raykd import search, spaces, train
+from raykd import schedule, search, spaces
 from raykd.config import RaykdConfig, load_config
 
 ROOT = Path(__file__).parents[1]
@@ -99,7 +99,7 @@ def test_teacher_logits_prepared_when_any_point_distils():
 
 @pytest.mark.parametrize("total,rounds", [(100, 6), (7, 3), (5, 8), (1, 4), (53, 53)])
 def test_eval_points_fall_at_fractions_of_the_run(total, rounds):
-    points = train.eval_points(total, every=999, rounds=rounds)
+    points = schedule.eval_points(total, every=999, rounds=rounds)
     assert points[total] == rounds  # the last step is the last round, always
     assert all(1 <= s <= total for s in points)
     for step, k in points.items():
@@ -108,16 +108,16 @@ def test_eval_points_fall_at_fractions_of_the_run(total, rounds):
 
 
 def test_eval_points_every_k_steps_without_rounds():
-    assert train.eval_points(10, every=4) == {4: 1, 8: 2, 10: 3}
-    assert train.eval_points(8, every=4) == {4: 1, 8: 2}
+    assert schedule.eval_points(10, every=4) == {4: 1, 8: 2, 10: 3}
+    assert schedule.eval_points(8, every=4) == {4: 1, 8: 2}
 
 
 def test_two_batch_sizes_report_the_same_rounds():
     base = RaykdConfig.from_dict({"optim": {"num_epochs": 1, "batch_size": 16}})
     for bs in (4, 16):
         cfg = RaykdConfig.from_dict({"optim": {"num_epochs": 1, "batch_size": bs}})
-        _, total, every = train.schedule(cfg, 400, 1)
-        assert max(train.eval_points(total, every, rounds=6).values()) == 6
+        _, total, every = schedule.schedule(cfg, 400, 1)
+        assert max(schedule.eval_points(total, every, rounds=6).values()) == 6
     del base
 
 
@@ -153,11 +153,12 @@ def test_rounds_default_to_the_base_schedule():
     assert search.plan(cfg, [], 100).rounds == 4  # 2 epochs x 10 steps / 5
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "distilbert_squad.yaml", "bert_small_squad.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "distilbert_squad.yaml", "bert_small_squad.yaml",
+                                  "sst2_quickstart.yaml", "sst2_bert_tiny.yaml"])
 def test_shipped_spaces_first_rung_is_past_warmup(name):
     cfg = load_config(str(ROOT / "search_spaces" / name))
     params = spaces.parse(cfg.space, cfg.source)
-    spaces.check_keys(params, cfg.source)
+    spaces.check_keys(params, cfg.source, cfg.task)
     spaces.check_corners(cfg, params)
     p = search.plan(cfg, params, 10_000, warn=pytest.fail)
     assert p.grace is not None, "the shipped space should stop bad trials early"
@@ -200,5 +201,5 @@ def test_summary_score_row_by_rule():
     import pandas as pd
 
     df = pd.DataFrame({"round": [1, 2, 3, 4], "eval_f1": [10.0, 30.0, 30.0, 20.0]})
-    assert int(search.trial_score(df, "best")["round"]) == 3  # ties: the latest (its checkpoint was kept)
-    assert int(search.trial_score(df, "last")["round"]) == 4
+    assert int(search.trial_score(df, "best", "eval_f1")["round"]) == 3  # ties: the latest (its checkpoint was kept)
+    assert int(search.trial_score(df, "last", "eval_f1")["round"]) == 4

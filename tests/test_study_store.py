@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raykd import storage, study_store
+from raykd import storage, study_store, tasks
 from raykd.config import DataConfig
 from raykd.teacher_cache import prepare_features, prepare_teacher_logits
 
@@ -24,7 +24,7 @@ def _bucket(tmp_path, *parts):
 def prepared(tmp_path, tiny_models):
     cfg = DataConfig(synthetic=True, synthetic_train_size=24, synthetic_eval_size=8, max_length=64, doc_stride=24)
     teacher = str(tiny_models["bert"])
-    prep, _ = prepare_features(cfg, teacher, tmp_path / "driver")
+    prep, _ = prepare_features(tasks.get("question_answering"), cfg, teacher, tmp_path / "driver")
     prep, _ = prepare_teacher_logits(prep, teacher)
     return prep
 

@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from raykd import losses, models, teacher_cache
+from raykd import losses, models, tasks, teacher_cache
 from raykd.config import DataConfig
+from raykd.tasks.squad import HEAD as QA_HEAD
+
+QA = tasks.get("question_answering")
 
 
 @pytest.fixture()
@@ -21,14 +24,14 @@ def _counting(calls):
 
 def test_second_prepare_reuses_features_and_logits(tmp_path, data_cfg, tiny_models):
     teacher = str(tiny_models["bert"])
-    prep, built = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prep, built = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     assert built
     calls = []
     prep, computed = teacher_cache.prepare_teacher_logits(prep, teacher, _counting(calls))
     assert computed and len(calls) == 1
     logits = prep.teacher_logits()
     assert logits.dtype == np.float16 and logits.shape == (len(prep.train()), 2, 64)
-    prep2, built2 = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prep2, built2 = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     prep2, computed2 = teacher_cache.prepare_teacher_logits(prep2, teacher, _counting(calls))
     assert not built2 and not computed2 and len(calls) == 1  # no second teacher forward
     assert prep2.root == prep.root and prep2.teacher_file == prep.teacher_file
@@ -36,9 +39,9 @@ def test_second_prepare_reuses_features_and_logits(tmp_path, data_cfg, tiny_mode
 
 def test_changed_max_length_rebuilds(tmp_path, data_cfg, tiny_models):
     teacher = str(tiny_models["bert"])
-    a, _ = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    a, _ = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     data_cfg.max_length = 96
-    b, built = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    b, built = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     assert built and a.root != b.root
     calls = []
     b, computed = teacher_cache.prepare_teacher_logits(b, teacher, _counting(calls))
@@ -47,7 +50,7 @@ def test_changed_max_length_rebuilds(tmp_path, data_cfg, tiny_models):
 
 def test_truncated_or_corrupt_logits_are_rebuilt(tmp_path, data_cfg, tiny_models):
     teacher = str(tiny_models["bert"])
-    prep, _ = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prep, _ = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     calls = []
     prep, _ = teacher_cache.prepare_teacher_logits(prep, teacher, _counting(calls))
     path = prep.root / prep.teacher_file
@@ -68,7 +71,7 @@ def test_changed_teacher_gets_its_own_logits(tmp_path, data_cfg, tiny_models):
     import helpers
 
     other = str(helpers.tiny_bert(tmp_path / "other", layers=2, seed=7))
-    prep, _ = teacher_cache.prepare_features(data_cfg, str(tiny_models["bert"]), tmp_path)
+    prep, _ = teacher_cache.prepare_features(QA, data_cfg, str(tiny_models["bert"]), tmp_path)
     calls = []
     a, _ = teacher_cache.prepare_teacher_logits(prep, str(tiny_models["bert"]), _counting(calls))
     b, computed = teacher_cache.prepare_teacher_logits(prep, other, _counting(calls))
@@ -77,18 +80,19 @@ def test_changed_teacher_gets_its_own_logits(tmp_path, data_cfg, tiny_models):
 
 def test_cached_and_online_kd_agree_to_fp16_tolerance(tmp_path, data_cfg, tiny_models):
     teacher_name = str(tiny_models["bert"])
-    prep, _ = teacher_cache.prepare_features(data_cfg, teacher_name, tmp_path)
+    prep, _ = teacher_cache.prepare_features(QA, data_cfg, teacher_name, tmp_path)
     prep, _ = teacher_cache.prepare_teacher_logits(prep, teacher_name, _counting([]))
-    teacher = models.load_teacher(teacher_name)
-    student = models.load_qa_model(str(tiny_models["distilbert"]))
+    teacher = models.load_teacher(teacher_name, QA_HEAD)
+    student = models.load_model(str(tiny_models["distilbert"]), QA_HEAD)
     names = ["input_ids", "attention_mask", "token_type_ids", "span_mask"]
     batch = prep.train().with_format("torch", columns=names)[:8]
     with torch.no_grad():
         t = models.forward(teacher, batch, models.accepted_inputs(teacher))
         s = models.forward(student, batch, models.accepted_inputs(student))
     cached = torch.from_numpy(np.asarray(prep.teacher_logits()[:8], dtype=np.float32))
-    online = losses.span_kd_loss(s.start_logits, s.end_logits, t.start_logits, t.end_logits, batch["span_mask"], 2.0)
-    from_cache = losses.span_kd_loss(s.start_logits, s.end_logits, cached[:, 0], cached[:, 1], batch["span_mask"], 2.0)
+    mask = QA.mask(batch)
+    online = losses.kd_loss(QA.logits(s), QA.logits(t), mask, 2.0)
+    from_cache = losses.kd_loss(QA.logits(s), cached, mask, 2.0)
     assert from_cache.item() == pytest.approx(online.item(), rel=2e-3, abs=1e-4)
 
 
@@ -102,30 +106,30 @@ def test_a_build_killed_midway_leaves_no_prepared_folder(tmp_path, data_cfg, tin
     teacher = str(tiny_models["bert"])
     real = teacher_cache.data_mod.build_features
 
-    def dies_on_eval(examples, tok, max_length, doc_stride, train):
+    def dies_on_eval(examples, tok, max_length, doc_stride, train):  # raykd.data's, which the QA task calls
         if not train:
             raise KeyboardInterrupt  # as if killed after the training features were written
         return real(examples, tok, max_length, doc_stride, train)
 
     monkeypatch.setattr(teacher_cache.data_mod, "build_features", dies_on_eval)
     with pytest.raises(KeyboardInterrupt):
-        teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+        teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     prepared = tmp_path / "prepared"
     assert not [p for p in prepared.iterdir() if not p.name.startswith(".")] and not _leftovers(tmp_path)
     monkeypatch.setattr(teacher_cache.data_mod, "build_features", real)
-    prep, built = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prep, built = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     assert built and prep.manifest()["complete"] and not _leftovers(tmp_path)
 
 
 def test_temporaries_of_a_dead_process_are_removed_and_logits_are_renamed_into_place(tmp_path, data_cfg, tiny_models):
     teacher = str(tiny_models["bert"])
-    fp_dir = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)[0].root
+    fp_dir = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)[0].root
     # A build of another fingerprint by a process of this host that died (pid 2**22 + 1 is past
     # Linux's pid_max default range, so no live process has it).
     dead = teacher_cache.data_mod.temp_name(fp_dir.with_name("other")).name.rsplit("-", 1)[0] + f"-{2**22 + 1}"
     (fp_dir.parent / dead).mkdir()
     data_cfg.max_length = 96
-    prep, _ = teacher_cache.prepare_features(data_cfg, teacher, tmp_path)
+    prep, _ = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     assert (fp_dir.parent / dead).exists()  # another fingerprint's: not this build's to remove
     teacher_cache._remove_dead_temporaries(fp_dir.with_name("other"))
     assert not (fp_dir.parent / dead).exists()

@@ -11,6 +11,8 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 from raykd import train
 from raykd.config import RaykdConfig
 from raykd.metrics import METRIC
+from raykd.prepare import prepare_study
+from raykd.runspec import RunSpec
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +45,7 @@ def test_distill_cached_mode_learns_reports_and_never_loads_teacher(tmp_path, ti
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_models["bert"], teacher)
     cfg = _cfg(tmp_path, teacher, tiny_models["distilbert"])
-    study, info = train.prepare_study(cfg, train.DISTILL)
+    study, info = prepare_study(cfg, train.DISTILL)
     assert info["teacher_logits_computed"] and study.teacher_file
     # Cached mode must not construct the teacher: take it away before the trial runs.
     shutil.move(str(teacher), str(tmp_path / "teacher-gone"))
@@ -57,15 +59,20 @@ def test_distill_cached_mode_learns_reports_and_never_loads_teacher(tmp_path, ti
     for col in (METRIC, "eval_exact_match", "learning_rate", "samples_per_sec", "train_cos"):
         assert col in df and df[col].notna().all()
     assert bool(df["final"].iloc[-1]) and not df["final"].iloc[0]
-    best = train.best_checkpoint(result)
+    # Where the worker's time went, cumulative: setup once, training and evaluation every round,
+    # checkpointing counted up to the previous round.
+    assert (df["time_setup_s"] > 0).all() and df["time_setup_s"].nunique() == 1
+    assert df["time_train_s"].is_monotonic_increasing and df["time_eval_s"].is_monotonic_increasing
+    assert (df["time_eval_s"] > 0).all() and df["time_checkpoint_s"].iloc[0] == 0 < df["time_checkpoint_s"].iloc[-1]
+    best = train.best_checkpoint(result, METRIC)
     with best.as_directory() as d:
         model = AutoModelForQuestionAnswering.from_pretrained(d)
         AutoTokenizer.from_pretrained(d)
     assert model.config.model_type == "distilbert"
-    assert train.best_metrics(result)[METRIC] == df[METRIC].max()
+    assert train.best_metrics(result, METRIC)[METRIC] == df[METRIC].max()
     # A second prepare reuses features and logits (teacher restored, same fingerprint).
     shutil.move(str(tmp_path / "teacher-gone"), str(teacher))
-    _, info2 = train.prepare_study(cfg, train.DISTILL)
+    _, info2 = prepare_study(cfg, train.DISTILL)
     assert not info2["features_built"] and not info2["teacher_logits_computed"]
 
 
@@ -73,12 +80,12 @@ def test_online_mode_with_cosine_loss_and_layer_init(tmp_path, tiny_models):
     cfg = _cfg(tmp_path, tiny_models["bert"], tiny_models["bert"],
                distill__teacher_mode="online", distill__alpha_cos=0.5, optim__num_epochs=1,
                models__init_from_teacher_layers=[0, 3], search__name="online")
-    study, info = train.prepare_study(cfg, train.DISTILL)
+    study, info = prepare_study(cfg, train.DISTILL)
     assert study.teacher_file is None and not info["teacher_logits_computed"]
     result = train.fit(cfg, train.DISTILL, study=study)
     row = result.metrics
     assert row["train_cos"] > 0 and row["train_kd"] > 0
-    with train.best_checkpoint(result).as_directory() as d:
+    with train.best_checkpoint(result, METRIC).as_directory() as d:
         assert AutoModelForQuestionAnswering.from_pretrained(d).config.num_hidden_layers == 2
 
 
@@ -95,7 +102,7 @@ def test_learning_a_learnable_task(tmp_path):
         "search": {"storage_path": str(tmp_path / "results"), "name": "learn"},
     })
     result = train.fit(cfg, train.FINETUNE)
-    assert train.best_metrics(result)[METRIC] >= 30.0
+    assert train.best_metrics(result, METRIC)[METRIC] >= 30.0
 
 
 def test_disk_use_stays_bounded_by_keep_checkpoints_during_the_run(tmp_path, tiny_models):
@@ -105,7 +112,7 @@ def test_disk_use_stays_bounded_by_keep_checkpoints_during_the_run(tmp_path, tin
     last report; a finished run holds keep_checkpoints + 1 (a finished search prunes to keep)."""
     cfg = _cfg(tmp_path, tiny_models["bert"], tiny_models["distilbert"], search__keep_checkpoints=1,
                search__name="disk", optim__num_epochs=1, optim__eval_every_steps=2)
-    study, _ = train.prepare_study(cfg, train.DISTILL)
+    study, _ = prepare_study(cfg, train.DISTILL)
     run_dir = tmp_path / "results" / "disk"
 
     class CountCheckpoints(ray.train.UserCallback):
@@ -124,7 +131,7 @@ def test_disk_use_stays_bounded_by_keep_checkpoints_during_the_run(tmp_path, tin
                 f.write(f"{n}\n")
 
     counts = tmp_path / "counts.txt"
-    trainer = train.build_trainer(cfg, study.loop_config(cfg, train.DISTILL), name="disk",
+    trainer = train.build_trainer(RunSpec.of(cfg, train.DISTILL, study), name="disk",
                                   callbacks=[CountCheckpoints(run_dir, counts)])
     trainer.fit()
     seen = [int(x) for x in counts.read_text().split()]

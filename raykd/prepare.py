@@ -1,0 +1,152 @@
+"""Study preparation, on the driver, before any run: the teacher (fine-tuned by raykd first when
+only a base is given), the task's features and, for cached distillation, the teacher's logits,
+all cached by fingerprint (:mod:`raykd.teacher_cache`) and, with a cloud storage_path, published
+once (:mod:`raykd.study_store`). The teacher's logits run as a Ray task on a GPU when the cluster
+has one (the cache's remote task); nothing else here touches Ray.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from raykd import data as data_mod
+from raykd import models, objective, study_store, tasks, teacher_cache
+from raykd.checkpoints import STATE_FILE
+from raykd.config import DISTILL, FINETUNE, RaykdConfig, storage_root
+from raykd.runspec import Study
+
+
+def study_place(cfg: RaykdConfig) -> study_store.Place:
+    """Where this config's studies are built and, with a cloud storage_path, published."""
+    return study_store.place(cfg.data.cache_dir, storage_root(cfg))
+
+
+def cache_root(cfg: RaykdConfig) -> Path:
+    """Where the driver builds studies (the node-local cache when they are published)."""
+    return study_place(cfg).local
+
+
+def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
+    """The teacher to use: ``models.teacher`` as given, or, when it is unset and
+    ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached (a local
+    folder on the driver; published with the study when nodes share no filesystem)."""
+    if cfg.models.teacher:
+        return cfg.models.teacher
+    ft = cfg.models.teacher_finetune
+    if not ft.base:
+        return None
+    task = tasks.get(cfg.task)
+    key = teacher_cache._digest(
+        {
+            "base": teacher_cache.model_identity(ft.base),
+            "data": teacher_cache.features_fingerprint(task, cfg.data, ft.base, place.local),
+            "ft": ft.__dict__,
+            "seed": cfg.optim.seed,
+        }
+    )
+    target = place.local / "teachers" / key
+    remote = place.shared(str(target))
+    if place.remote and study_store.pull_model(remote, target):
+        print(f"[raykd] teacher fetched from {remote}", flush=True)
+    if (target / "config.json").exists():
+        if place.remote and study_store.publish_model(target, remote):
+            print(f"[raykd] teacher published to {remote}", flush=True)
+        return str(target)
+    print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
+    ft_cfg = RaykdConfig.from_dict(
+        {
+            **cfg.to_dict(),
+            "models": {"teacher": None, "student": ft.base},
+            "optim": {**cfg.optim.__dict__, "learning_rate": ft.learning_rate,
+                      "num_epochs": ft.num_epochs, "batch_size": ft.batch_size, "eval_every_steps": None},
+            "scaling": {**cfg.scaling.__dict__, "resources_per_worker": dict(cfg.scaling.resources_per_worker)},
+        }
+    )
+    from raykd import train  # the teacher is made by an ordinary fine-tuning run
+
+    result = train.fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
+    metric = objective.metric(ft_cfg)
+    best = train.best_checkpoint(result, metric)
+    # Copied under a temporary name and renamed: a teacher folder is whole or absent.
+    tmp = data_mod.temp_name(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    with best.as_directory() as d:
+        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))
+    try:
+        tmp.replace(target)
+    except OSError:
+        if not (target / "config.json").exists():  # not another process's complete copy
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if place.remote:
+        study_store.publish_model(target, remote)
+    score = train.best_metrics(result, metric).get(metric, float("nan"))
+    print(f"[raykd] teacher ready: {remote} ({metric}={score:.2f})", flush=True)
+    return str(target)
+
+
+def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | None = None) -> tuple[Study, dict[str, Any]]:
+    """Teacher, features and (cached mode) teacher logits; returns the Study and what was done.
+    ``need_logits``: prepare the teacher's logits (default: when this config distils from them;
+    a search passes True when any point of its space does). With a cloud storage_path, what was
+    built or reused is published there (once) and the Study names it by URI."""
+    task = tasks.get(cfg.task)
+    place = study_place(cfg)
+    teacher = ensure_teacher(cfg, place) if mode == DISTILL else None
+    if mode == DISTILL and teacher is None:
+        raise ValueError("distillation needs models.teacher or models.teacher_finetune.base")
+    tokenizer = cfg.models.student
+    if mode == DISTILL:
+        student_tok = cfg.models.student if not cfg.models.init_from_teacher_layers else (
+            cfg.models.student or teacher)
+        models.check_tokenizers(models.load_tokenizer(teacher), models.load_tokenizer(student_tok))
+        tokenizer = student_tok
+    remote = None
+    if place.remote:
+        # Whatever an earlier search published is fetched, not rebuilt.
+        root = teacher_cache.prepared_root(task, cfg.data, tokenizer, place.local)
+        remote = place.shared(str(root))
+        study_store.pull_prepared(remote, root)
+    prepared, built = teacher_cache.prepare_features(task, cfg.data, tokenizer, place.local)
+    info = {"features_built": built, "teacher_logits_computed": False, "prepared": str(prepared.root)}
+    if remote:
+        study_store.publish_prepared(prepared.root, remote)
+        info["published"] = remote
+    if need_logits is None:
+        need_logits = cfg.distill.alpha_ce > 0
+    if mode == DISTILL and cfg.distill.teacher_mode == "cached" and need_logits:
+        compute = _remote_compute(place.shared(str(prepared.root)), place.shared(teacher))
+        prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=compute)
+        info["teacher_logits_computed"] = computed
+        if remote:
+            study_store.publish_prepared(prepared.root, remote)
+    elif mode == DISTILL and cfg.distill.teacher_mode == "online":
+        # An online teacher is checked too, on a sample, before the trials run it.
+        teacher_cache.check_online_teacher(prepared, teacher)
+    study = Study(place.shared(str(prepared.root)), prepared.teacher_file, place.shared(teacher),
+                  place.shared(tokenizer))
+    return study, info
+
+
+def _teacher_logits_task(teacher: str, prepared: str) -> np.ndarray:
+    """On a GPU node: fetch the teacher and the training features there, run the teacher."""
+    local = Study(prepared, None, teacher, teacher).on_this_node(items=("train",))
+    return teacher_cache.compute_teacher_logits(local.teacher, local.prepared, 256, "cuda")
+
+
+def _remote_compute(prepared: str, teacher: str):
+    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process.
+    The task gets the study's shared names (URIs when it is published), not the driver's paths."""
+    if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) < 1:
+        return None
+
+    def compute(teacher_name: str, root: str) -> np.ndarray:
+        task = ray.remote(num_gpus=1)(_teacher_logits_task)
+        return ray.get(task.remote(teacher, prepared))
+
+    return compute

@@ -1,0 +1,22 @@
+"""The tasks raykd can distil, by name (``task:`` in a config). Everything task-specific is in
+this package; see :mod:`raykd.tasks.base` for what a task owns."""
+
+from __future__ import annotations
+
+from raykd.tasks.base import Built, Column, DataError, Score, Task
+from raykd.tasks.classification import Classification
+from raykd.tasks.squad import QuestionAnswering
+
+_TASKS: dict[str, Task] = {t.name: t for t in (QuestionAnswering(), Classification())}
+
+
+def names() -> list[str]:
+    return list(_TASKS)
+
+
+def get(name: str) -> Task:
+    """The task called ``name`` (validated when the config loads, so a KeyError here is a bug)."""
+    return _TASKS[name]
+
+
+__all__ = ["Built", "Column", "DataError", "Score", "Task", "get", "names"]
