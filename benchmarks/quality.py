@@ -379,7 +379,7 @@ def report(task: _tasks.Task, r: dict[str, Any], s: Settings) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     s = Settings.parse(argv)
-    if s.task == "classification" and not s.smoke:
+    if s.task == "classification":
         # Arm (a) scores the teacher with `cli.py evaluate`, which scores QA only: refused before
         # anything trains rather than after an hour.
         print("[bench] --task classification: raykd's `cli.py evaluate` scores question answering only, which arm "
