@@ -1,0 +1,258 @@
+"""What does early stopping save? The same space searched with ASHA and without early stopping
+(FIFO): same seed, same number of trials, same everything but ``search.scheduler``. Reports for
+each the best score, the trial-epochs and the wall time spent, the trial-epochs ASHA needed to come
+within 0.5 (``--tolerance``) of FIFO's best, and the search's fixed cost per trial: the wall time of
+a trial not spent in training steps or evaluation (process and model start-up, checkpointing,
+teardown) and its share of the search's wall time (see ``_runner`` for how each part is measured).
+
+Default: the quickstart (search_spaces/quickstart.yaml, generated data) at search seeds 0 and 1,
+tracking on as the quickstart runs (to a store of its own). ``--real-text`` adds the same
+comparison on real SQuAD text with quality.py's space, teacher and student. The quickstart's
+teacher (and, with --real-text, quality.py's) is prepared first, outside the timed searches.
+
+    python benchmarks/search_efficiency.py                # quickstart, 2 seeds x (ASHA, FIFO): ~30 min
+    python benchmarks/search_efficiency.py --smoke        # tiny: minutes
+    python benchmarks/search_efficiency.py --real-text    # + real SQuAD text (see README for its time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _results
+import _runner
+import quality
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+SCHEDULERS = ("asha", "fifo")
+SMOKE_QUICKSTART = {"data.synthetic_train_size": 80, "data.synthetic_eval_size": 30,
+                    "models.teacher_finetune.num_epochs": 1, "search.num_samples": 3, "search.rounds": 4}
+
+
+@dataclass
+class Settings:
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    num_samples: int | None = None  # None: the space's own (quickstart: 6)
+    tolerance: float = 0.5
+    real_text: bool = False
+    real_trials: int = 6
+    real_rounds: int = 4
+    tracking: bool = True
+    smoke: bool = False
+    force: bool = False
+    storage: Path = ROOT / "raykd_results"
+    out: Path = ROOT / "benchmarks" / "results"
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> Settings:
+        p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--seeds", type=int, nargs="+", help="search.seed values, each run with ASHA and FIFO (default 0 1)")
+        p.add_argument("--num-samples", type=int, help="trials per search (default: the space's)")
+        p.add_argument("--tolerance", type=float, help="how close to FIFO's best counts as reached (default 0.5)")
+        p.add_argument("--real-text", action="store_true", help="also compare on real SQuAD text (quality.py's space)")
+        p.add_argument("--real-trials", type=int, help="trials per real-text search (default 6)")
+        p.add_argument("--real-rounds", type=int, help="evaluation rounds per real-text trial (default 4)")
+        p.add_argument("--no-tracking", dest="tracking", action="store_false", default=None,
+                       help="searches without MLflow (the quickstart has it on)")
+        p.add_argument("--smoke", action="store_true", help="tiny quickstart, 3 trials, one seed: minutes")
+        p.add_argument("--force", action="store_true", help="rerun searches that already have a result")
+        p.add_argument("--storage", type=Path, help="raykd's storage_path (default ./raykd_results)")
+        p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+        a = p.parse_args(argv)
+        s = cls()
+        if a.smoke:
+            s = dataclasses.replace(s, smoke=True, seeds=[0], real_trials=2, real_rounds=2,
+                                    storage=ROOT / "raykd_results" / "bench-smoke",
+                                    out=ROOT / "raykd_results" / "bench-smoke" / "results")
+        given = {k: v for k, v in vars(a).items() if v not in (None, False) and k != "smoke"}
+        return dataclasses.replace(s, **given)
+
+
+@dataclass
+class Space:
+    """One space to compare on: its config file, the overrides every search of it takes, the
+    batch size its trials train with (for the timing), and how to prepare its study."""
+
+    name: str
+    config: Path
+    overrides: dict[str, Any]
+    batch_size: int
+    prepare: Any  # () -> None
+
+
+def quickstart_space(s: Settings) -> Space:
+    overrides = {"search.storage_path": str(s.storage), **(SMOKE_QUICKSTART if s.smoke else {})}
+    if s.num_samples:
+        overrides["search.num_samples"] = s.num_samples
+    work = s.storage / ("bench-eff-smoke" if s.smoke else "bench-eff")
+
+    def prepare():
+        _runner.run_cli(["prepare", "--config", str(QUICKSTART), *_runner.sets(overrides)], work / "logs" / "prepare.log")
+
+    batch = yaml.safe_load(QUICKSTART.read_text())["optim"]["batch_size"]
+    return Space("quickstart", QUICKSTART, overrides, batch, prepare)
+
+
+def real_space(s: Settings) -> Space:
+    argv = ["--storage", str(s.storage), "--out", str(s.out), "--search-trials", str(s.real_trials), "--search-rounds", str(s.real_rounds)]
+    # quality.py's base config and teacher arm; a search config of its own.
+    q = quality.Quality(quality.Settings.parse((["--smoke"] if s.smoke else []) + argv), search_yaml="search-efficiency.yaml")
+    overrides: dict[str, Any] = {}
+
+    def prepare():
+        # quality.py's teacher arm: reused when quality.py made it already (and saved for it if not).
+        overrides["models.teacher"] = q.teacher()["teacher"]
+
+    return Space("real-squad", q.search_yaml, overrides, q.s.batch_size, prepare)
+
+
+def run_search(s: Settings, space: Space, seed: int, scheduler: str, store: _results.ArmStore) -> dict[str, Any]:
+    name = f"bench-{space.name}-{scheduler}-s{seed}" + ("-smoke" if s.smoke else "")
+    overrides = dict(space.overrides)
+    overrides.update({"search.name": name, "search.scheduler": scheduler, "search.seed": seed})
+    args = ["search", "--config", str(space.config), *_runner.sets(overrides)]
+    if s.tracking:
+        args += ["--tracking-uri", f"sqlite:///{s.storage.resolve()}/bench-mlflow.db"]
+    else:
+        args += ["--no-tracking"]
+    arm = f"{space.name}-{scheduler}-s{seed}"
+    key = {"argv": args, "config": space.config.read_text()}
+    done = None if s.force else store.load(arm, key)
+    if done and (Path(done["experiment"]) / "summary.json").exists():
+        print(f"[bench] {arm}: done earlier ({store.path(arm)}), skipped", flush=True)
+        return done
+    # Never resumed: a resumed search's wall time would not be the search's.
+    r = _runner.run_cli(args + ["--overwrite"], s.storage / "bench-eff-logs" / f"{arm}.log")
+    return store.save(arm, key, {"experiment": str(s.storage / name), "wall_s": r.wall_s, "commands": [r.argv]})
+
+
+def compare(s: Settings, space: Space, seed: int, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    fifo = _runner.read_search(Path(runs["fifo"]["experiment"]), runs["fifo"]["wall_s"], space.batch_size,
+                               tolerance=s.tolerance)
+    ref = fifo["best"][fifo["metric"]]
+    asha = _runner.read_search(Path(runs["asha"]["experiment"]), runs["asha"]["wall_s"], space.batch_size,
+                               reference=ref, tolerance=s.tolerance)
+    reach = asha["reach"]["trial_epochs"]
+    return {"seed": seed, "asha": asha, "fifo": fifo, "fifo_best": ref, "asha_best": asha["best"][asha["metric"]],
+            "epochs_ratio": asha["trial_epochs"] / fifo["trial_epochs"],
+            "asha_epochs_to_reach": reach,
+            "asha_reach_share": None if reach is None else reach / fifo["trial_epochs"],
+            "fifo_epochs_to_reach": fifo["reach"]["trial_epochs"],
+            "wall_ratio": asha["wall_s"] / fifo["wall_s"]}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
+def _range(lo: float, hi: float, fmt: str = "{:.1f}") -> str:
+    return fmt.format(lo) if abs(hi - lo) < 0.05 else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
+def report(s: Settings, results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    out = []
+    for space, comps in results.items():
+        metric = comps[0]["fifo"]["metric"]
+        rows, cmp_rows, target_rows = [], [], []
+        for c in comps:
+            for sched in SCHEDULERS:
+                r = c[sched]
+                b = r["best"]
+                rows.append([c["seed"], sched, b[metric], f"{b['trial_id']} (round {b['score_round']})",
+                             f"{r['stopped_early']}/{r['n_trials']}", f"{r['trial_epochs']:.2f}",
+                             f"{r['wall_s'] / 60:.1f}", f"{r['outside_trials_s']:.0f}", f"{r['train_s']:.0f}",
+                             f"{r['eval_ckpt_s']:.0f}", f"{r.get('setup_s', 0):.0f}", f"{r.get('checkpoint_s', 0):.0f}",
+                             _range(r["fixed_per_trial_low_s"], r["fixed_per_trial_high_s"]),
+                             _range(100 * r["fixed_share_low"], 100 * r["fixed_share_high"], "{:.0f}") + " %"])
+            cmp_rows.append([c["seed"], c["fifo_best"], c["asha_best"], f"{c['asha_best'] - c['fifo_best']:+.2f}",
+                             _pct(c["epochs_ratio"]),
+                             "not reached" if c["asha_epochs_to_reach"] is None else
+                             f"{c['asha_epochs_to_reach']:.2f} ({_pct(c['asha_reach_share'])})",
+                             "–" if c["fifo_epochs_to_reach"] is None else
+                             f"{c['fifo_epochs_to_reach']:.2f} ({_pct(c['fifo_epochs_to_reach'] / c['fifo']['trial_epochs'])})",
+                             f"{c['wall_ratio']:.2f}"])
+            share = c["asha_reach_share"]
+            target_rows.append([c["seed"], f"ASHA within {s.tolerance:g} of FIFO's best using <= 40 % of FIFO's trial-epochs",
+                                "not reached" if share is None else _pct(share),
+                                "yes" if share is not None and share <= 0.4 else "**NO**"])
+            if space == "quickstart":
+                # The target reads two ways; both are reported: all trials' fixed cost as a share of
+                # the wall time (the stricter), and one trial's fixed cost as a share of it.
+                for sched in SCHEDULERS:
+                    r = c[sched]
+                    n = r["n_trials"]
+                    for what, lo, hi in (("all trials' fixed cost", r["fixed_share_low"], r["fixed_share_high"]),
+                                         ("one trial's fixed cost (mean)", r["fixed_share_low"] / n,
+                                          r["fixed_share_high"] / n)):
+                        met = "yes" if hi <= 0.15 else "**NO**" if lo > 0.15 else "undetermined (bracket spans 15 %)"
+                        target_rows.append([c["seed"], f"{what} <= 15 % of the search's wall time ({sched})",
+                                            _range(100 * lo, 100 * hi, "{:.1f}") + " %", met])
+        first = comps[0]["fifo"]
+        out.append(
+            f"## {space}\n\n"
+            f"{first['n_trials']} trials per search, {first['rounds']} rounds per trial, trial score: its "
+            f"{first['trial_score']} round; ASHA's first rung: round {comps[0]['asha']['grace_period']}. Same seed, "
+            "sampler and trials for both schedulers; only `search.scheduler` differs.\n\n"
+            + _results.md_table(["seed", "scheduler", f"best {metric}", "best trial", "stopped early", "trial-epochs",
+                                 "wall (min)", "outside trials (s)", "training steps (s)",
+                                 "evaluation (s)" if first["timing_exact"] else "eval + checkpoint (s)",
+                                 "of fixed: worker setup (s)", "of fixed: checkpoints (s)",
+                                 "fixed cost per trial (s)", "fixed cost share of wall"], rows)
+            + "\n\n" + _results.md_table(
+                ["seed", "FIFO best", "ASHA best", "ASHA - FIFO", "ASHA trial-epochs / FIFO's",
+                 f"ASHA trial-epochs to within {s.tolerance:g} of FIFO's best (share of FIFO's)",
+                 f"FIFO trial-epochs to within {s.tolerance:g} of its best", "wall ASHA / FIFO"], cmp_rows)
+            + "\n\n### Targets\n\n" + _results.md_table(["seed", "target", "measured", "met"], target_rows))
+    out.append(
+        "## How the times are measured\n\n"
+        "- wall: the `cli.py search` command, start to exit (Ray start, study load, summary and MLflow included); "
+        "outside trials: wall minus the span from the first trial's start to the last trial's end.\n"
+        "- training steps, evaluation, worker setup (data, models, teacher logits to the first step) and "
+        "checkpoints (all but the last round's): raykd's own per-round timings `time_train_s`, `time_eval_s`, "
+        "`time_setup_s`, `time_checkpoint_s` at the trial's last result.\n"
+        "- fixed cost of a trial: Tune's `time_total_s` at its last result + the gap until the next trial starts "
+        "(teardown, next actor; the last trial gets the median gap) - training steps - evaluation: process and "
+        "model start-up, checkpointing, teardown. Fixed cost share = all trials' fixed cost / wall.\n"
+        "- trial-epochs: each trial's `epoch` at its last result, summed (training after the last report of a "
+        "trial ASHA stopped is not counted).\n\n"
+        "Limits:\n\n" + "\n".join(f"- {f}" for f in _runner.LIMITS))
+    out.append("## Commands of each search\n\n" + "\n".join(
+        f"- `{' '.join(cmd)}`" for comps in results.values() for c in comps for sched in SCHEDULERS
+        for cmd in c[f"{sched}_commands"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    s = Settings.parse(argv)
+    store = _results.ArmStore(s.out / "search_efficiency" / "arms")
+    spaces = [quickstart_space(s)] + ([real_space(s)] if s.real_text else [])
+    results: dict[str, list[dict[str, Any]]] = {}
+    for space in spaces:
+        print(f"[bench] preparing {space.name} (outside the timed searches)", flush=True)
+        space.prepare()
+        comps = []
+        for seed in s.seeds:
+            runs = {sched: run_search(s, space, seed, sched, store) for sched in SCHEDULERS}
+            comp = compare(s, space, seed, runs)
+            comps.append({**comp, **{f"{k}_commands": v["commands"] for k, v in runs.items()}})
+        results[space.name] = comps
+    stem = "search_efficiency"
+    title = "Search efficiency: ASHA against FIFO" + (" (smoke run)" if s.smoke else "")
+    paths = _results.write(s.out, stem, title, {"settings": dataclasses.asdict(s), "spaces": results}, report(s, results))
+    print(Path(paths[1]).read_text())
+    print(f"[bench] results: {paths[0]} {paths[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
