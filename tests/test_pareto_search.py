@@ -167,7 +167,10 @@ def test_a_two_objective_search_finds_registers_and_exports_its_front(local_ray,
         assert float(v.tags["latency_ms"]) == pytest.approx(row["latency_ms"], rel=1e-3)
         assert float(v.tags["eval_f1"]) == pytest.approx(row["eval_f1"], abs=1e-3)
         assert int(float(v.tags["params"])) > 0 and v.tags["onnx_parity_ok"] == "true"
-        local = client.download_artifacts(v.run_id, "", str(tmp_path / f"dl-{tid}"))
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(tmp_path / f"dl-{tid}"))
         assert list(Path(local).rglob("model.onnx")), f"version {v.version} carries no ONNX file"
     alias = client.get_model_version_by_alias("pareto-student", "within-budget")
     assert alias.tags["trial_id"] == summary["best"]["trial_id"]
