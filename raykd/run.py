@@ -169,7 +169,10 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
 
         # Measured here, on the driver, before any trial runs: one number per architecture, and
         # no trial's training competes with a measurement for the cores.
-        the_plan.costs = architectures.measure(cfg, archs, study.teacher, cfg.data.cache_dir)
+        from raykd.prepare import study_place
+
+        # Kept beside the study (the driver's local cache): one measurement per architecture.
+        the_plan.costs = architectures.measure(cfg, archs, study.teacher, study_place(cfg).local)
         architectures.check_budget(the_plan.costs, cfg.search.max_latency_ms, cfg.source)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
