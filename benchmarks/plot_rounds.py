@@ -1,4 +1,5 @@
-"""Draw a finished search's eval F1 by round (every trial) into a PNG: the README's picture.
+"""Draw a finished search's eval F1 by round (every trial) into a PNG: the README's picture (and,
+for a Pareto search, its front beside it).
 
     python benchmarks/plot_rounds.py raykd_results/quickstart \
         --out benchmarks/results/quickstart-eval_f1-by-round.png
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     print(out)
+    if summary.get("front") is not None:
+        # A Pareto search: also its front, beside the rounds figure (the study run's pareto_front.png).
+        front_out = out.with_name(out.stem.replace("-eval_f1-by-round", "") + "-pareto-front.png")
+        plots.front_figure(summary).savefig(front_out, dpi=120)
+        print(front_out)
     return 0
 
 
