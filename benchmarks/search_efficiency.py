@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,11 @@ class Settings:
             s = dataclasses.replace(s, smoke=True, seeds=[0], real_trials=2, real_rounds=2,
                                     storage=ROOT / "raykd_results" / "bench-smoke",
                                     out=ROOT / "raykd_results" / "bench-smoke" / "results")
-        given = {k: v for k, v in vars(a).items() if v not in (None, False) and k != "smoke"}
+        # Only what was given: None is "not given" (store_true flags default to False and are
+        # dropped when False; --no-tracking's False and --tolerance 0 are values).
+        flags = {"real_text", "force"}
+        given = {k: v for k, v in vars(a).items()
+                 if k != "smoke" and v is not None and not (k in flags and v is False)}
         return dataclasses.replace(s, **given)
 
 
@@ -182,20 +187,31 @@ def report(s: Settings, results: dict[str, list[dict[str, Any]]]) -> list[str]:
                              f"{c['fifo_epochs_to_reach']:.2f} ({_pct(c['fifo_epochs_to_reach'] / c['fifo']['trial_epochs'])})",
                              f"{c['wall_ratio']:.2f}"])
             share = c["asha_reach_share"]
+            # When FIFO reached its own best as early (its first trial is the winner), the target
+            # holds whatever the scheduler: say so.
+            trivial = share is not None and c["fifo_epochs_to_reach"] is not None \
+                and c["fifo_epochs_to_reach"] <= c["asha_epochs_to_reach"] + 1e-9
             target_rows.append([c["seed"], f"ASHA within {s.tolerance:g} of FIFO's best using <= 40 % of FIFO's trial-epochs",
                                 "not reached" if share is None else _pct(share),
-                                "yes" if share is not None and share <= 0.4 else "**NO**"])
+                                ("yes, trivially: FIFO got there as early (the first trial is the winner)" if trivial
+                                 else "yes") if share is not None and share <= 0.4 else "**NO**"])
             if space == "quickstart":
                 # The target reads two ways; both are reported: all trials' fixed cost as a share of
-                # the wall time (the stricter), and one trial's fixed cost as a share of it.
+                # the wall time, and each trial's fixed cost as a share of its own time.
                 for sched in SCHEDULERS:
                     r = c[sched]
-                    n = r["n_trials"]
-                    for what, lo, hi in (("all trials' fixed cost", r["fixed_share_low"], r["fixed_share_high"]),
-                                         ("one trial's fixed cost (mean)", r["fixed_share_low"] / n,
-                                          r["fixed_share_high"] / n)):
+                    # Two readings: all trials' fixed cost against the search's wall time, and each
+                    # trial's fixed cost against that trial's own time (start to the next trial's
+                    # start), averaged. (One trial's cost against the whole search's wall time would
+                    # pass for any fixed cost under 15 % x the number of trials.)
+                    own = [t["timing"] for t in r["trials"] if t["timing"]]
+                    lo_t = statistics.mean(t["fixed_low_s"] / (t["in_trial_s"] + t["gap_after_s"]) for t in own)
+                    hi_t = statistics.mean(t["fixed_high_s"] / (t["in_trial_s"] + t["gap_after_s"]) for t in own)
+                    for what, lo, hi in (("all trials' fixed cost / the search's wall time", r["fixed_share_low"],
+                                          r["fixed_share_high"]),
+                                         ("a trial's fixed cost / its own time (mean over trials)", lo_t, hi_t)):
                         met = "yes" if hi <= 0.15 else "**NO**" if lo > 0.15 else "undetermined (bracket spans 15 %)"
-                        target_rows.append([c["seed"], f"{what} <= 15 % of the search's wall time ({sched})",
+                        target_rows.append([c["seed"], f"{what} <= 15 % ({sched})",
                                             _range(100 * lo, 100 * hi, "{:.1f}") + " %", met])
         first = comps[0]["fifo"]
         out.append(
