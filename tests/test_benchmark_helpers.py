@@ -124,3 +124,11 @@ def test_squad_subset_keeps_the_first_questions(tmp_path):
     task.subset(task.validation_file, dst, 7)
     assert len(task.examples(dst)) == 7
     assert task.examples(dst) == task.examples(task.validation_file)[:7]
+
+
+def test_search_efficiency_flags_that_turn_something_off_are_kept():
+    import search_efficiency
+
+    assert search_efficiency.Settings.parse(["--no-tracking"]).tracking is False
+    assert search_efficiency.Settings.parse(["--tolerance", "0"]).tolerance == 0
+    assert search_efficiency.Settings.parse([]).tracking is not False
