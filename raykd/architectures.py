@@ -104,9 +104,10 @@ def measure(cfg: RaykdConfig, architectures: list[dict[str, Any]], teacher: str,
         m = arch_cfg.models
         try:
             config = latency.student_config(m.student, m.init_from_teacher_layers, m.init_from or teacher)
-            for name, value in task.head(arch_cfg).config:
+            task_head = task.head(arch_cfg)
+            for name, value in task_head.config:
                 setattr(config, name, value)
-            head = concrete_class(task.head(arch_cfg).auto_class, config)
+            head = concrete_class(task_head.auto_class, config)
             key, measured, fresh = latency.measure_architecture(config, head, cfg.data.max_length, cfg.latency, cache)
         except (OSError, ValueError, latency.LatencyError) as exc:
             raise CostError(f"architecture {describe(values)}: cannot measure its latency: {exc}") from None

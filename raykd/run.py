@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from raykd import objective, preflight
+from raykd import architectures, objective, preflight
 from raykd.config import DISTILL, RaykdConfig, experiment_path, storage_root, with_values
 
 # The order of every command: config and space checks (on load), preflight (files, models,
@@ -145,7 +145,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
     archs = None
     if objective.needs_costs(cfg):
-        from raykd import architectures, onnx_export
+        from raykd import onnx_export
 
         architectures.check_space(params, cfg.source)
         onnx_export.require_onnx()  # latency is measured in ONNX Runtime
@@ -165,13 +165,10 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
     if archs is not None:
-        from raykd import architectures
-
-        # Measured here, on the driver, before any trial runs: one number per architecture, and
-        # no trial's training competes with a measurement for the cores.
         from raykd.prepare import study_place
 
-        # Kept beside the study (the driver's local cache): one measurement per architecture.
+        # Measured here, on the driver, before any trial runs and beside the study (the driver's
+        # local cache): one number per architecture, and no training competes for the cores.
         the_plan.costs = architectures.measure(cfg, archs, study.teacher, study_place(cfg).local)
         architectures.check_budget(the_plan.costs, cfg.search.max_latency_ms, cfg.source)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "

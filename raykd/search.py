@@ -75,7 +75,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._reported: dict[str, set[int]] = {}
 
     def _better(self, a: float, b: float) -> float:
-        return max(a, b) if self._mode == "max" else min(a, b)
+        # Every score is better in MODE's direction (a multi-objective searcher's own mode is a list).
+        return max(a, b) if MODE == "max" else min(a, b)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self.metric not in result:
@@ -119,9 +120,6 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
     def __init__(self, *args, score: str, **kwargs):
         super().__init__(*args, **kwargs)
         self._score_key = score
-
-    def _better(self, a: float, b: float) -> float:
-        return max(a, b) if MODE == "max" else min(a, b)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self._score_key not in result:

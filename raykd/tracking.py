@@ -29,7 +29,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from raykd import errors, objective, storage, tasks
 from raykd.checkpoints import NOT_MODEL_FILES
-from raykd.config import RaykdConfig
+from raykd.config import COSTS, RaykdConfig
 from raykd.errors import UserError
 
 # Logged per round besides every evaluation score (``eval_*``: the task's scores).
@@ -245,7 +245,7 @@ BUDGET_ALIAS = "within-budget"
 
 
 def _cost_tags(row: dict[str, Any]) -> dict[str, str]:
-    return {k: f"{row[k]:.4g}" for k in ("latency_ms", "params", "size_mb") if row.get(k) is not None}
+    return {k: f"{row[k]:.4g}" for k in COSTS if row.get(k) is not None}
 
 
 def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[dict[str, Any]]:
@@ -272,7 +272,7 @@ def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[
                 tempfile.TemporaryDirectory(prefix="raykd-onnx-") as onnx_dir:
             report = onnx_export.export_student(ckpt_dir, onnx_dir, max_length=cfg.data.max_length, lc=cfg.latency)
             mlflow.log_metrics({"onnx_latency_ms": report.latency.median_ms, "onnx_max_abs_diff": report.parity.max_abs_diff,
-                                **{k: float(row[k]) for k in ("latency_ms", "params", "size_mb") if row.get(k) is not None}})
+                                **{k: float(row[k]) for k in COSTS if row.get(k) is not None}})
             mlflow.set_tags({"raykd.trial_id": trial_id, "raykd.pareto_front": str(trial_id in summary["front"]).lower()})
             tags = {**_cost_tags(row), "trial_id": trial_id, "onnx_max_abs_diff": f"{report.parity.max_abs_diff:.3g}",
                     "onnx_parity_ok": str(bool(report.parity.ok)).lower()}
