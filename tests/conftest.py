@@ -30,3 +30,15 @@ def tiny_models(tmp_path_factory):
 def write_squad(path: Path, paragraphs: list[dict]) -> Path:
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module that asks for it (2 CPUs), shut down after its last test."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    # The dashboard's state API releases ASHA-stopped trials' placement groups.
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()

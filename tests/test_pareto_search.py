@@ -6,7 +6,6 @@ pieces the search is built from: layer lists in the space, the architecture keys
 front and budget pick, the objectives' checks."""
 
 import json
-import os
 from pathlib import Path
 
 import optuna
@@ -96,16 +95,6 @@ def test_the_summary_front_and_the_best_within_the_budget():
 
 
 # --- the search, end to end ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.integration

@@ -41,15 +41,6 @@ def _space_yaml(tmp_path, tiny_models, name, num_samples, extra=None):
     return path
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    os.environ.pop("RAY_ADDRESS", None)
-    # The dashboard's state API releases ASHA-stopped trials' placement groups.
-    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_models):
     cfg = load_config(str(_space_yaml(tmp_path, tiny_models, "asha", 5)))
     assert search.max_concurrent(cfg, ray.cluster_resources()) == 1  # 2 CPUs, 1-CPU workers: never 2
