@@ -237,8 +237,8 @@ def main() -> None:
     for m in MODES:
         lines.append(f"| {labels[m]} | {rates[m]:.1f} | {cost[m]:.3f} | {memory[m]:.0f} |")
     lines += ["", f"b/a = {cost['online']:.3f}, c/a = {cost['cached']:.3f} (time per sample; target c/a <= 1.05)",
-              f"prepare: teacher over {prep['features']} features in {prep['seconds']:.2f} s "
-              f"({prep['features_per_s']:.0f} features/s)"]
+              (f"prepare: teacher over {prep['features']} features in {prep['seconds']:.2f} s "
+               f"({prep['features_per_s']:.0f} features/s)")]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)

@@ -86,7 +86,7 @@ def test_read_search_uses_raykds_own_timings_when_reported(tmp_path):
             r.update(time_setup_s=12.0, time_train_s=4.0 * k, time_eval_s=1.0 * k, time_checkpoint_s=0.5 * (k - 1))
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = _runner.read_search(exp, wall_s=120.0, batch_size=5)
-    t1, t2 = (t["timing"] for t in r["trials"])
+    t1, _ = (t["timing"] for t in r["trials"])
     assert r["timing_exact"] and t1["train_s"] == 16.0 and t1["eval_ckpt_s"] == 4.0
     # 35 s in the trial + 5 s gap - 16 s training - 4 s evaluation = 20 s, no bracket.
     assert t1["fixed_low_s"] == t1["fixed_high_s"] == pytest.approx(20.0)

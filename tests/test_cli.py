@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[1]
 
 def cli(*args, cwd, timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, check=False,
                           capture_output=True, text=True, timeout=timeout)
 
 

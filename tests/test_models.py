@@ -45,7 +45,7 @@ def test_tokenizer_vocab_mismatch_is_a_clear_error(tmp_path, tiny_models):
     from transformers import BertTokenizerFast
 
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]))
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld")
     other = BertTokenizerFast(vocab_file=str(vocab))
     same = models.load_tokenizer(str(tiny_models["distilbert"]))
     models.check_tokenizers(models.load_tokenizer(str(tiny_models["bert"])), same)  # BERT vs DistilBERT: fine

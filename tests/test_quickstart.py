@@ -22,7 +22,7 @@ def test_quickstart_registers_a_loadable_student_in_the_default_store(tmp_path):
     cmd = [sys.executable, str(ROOT / "cli.py"), "search", "--config", str(ROOT / "search_spaces" / "quickstart.yaml")]
     for s in shrink:
         cmd += ["--set", s]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "best trial" in out.stdout and "registered model: raykd-student version 1" in out.stdout
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "raykd_results" / "quickstart" / "summary.json").exists()
