@@ -63,6 +63,25 @@ def all_of(params: list[spaces.Param], base: RaykdConfig) -> list[dict[str, Any]
     return out
 
 
+def check_effective(params: list[spaces.Param], base: RaykdConfig) -> None:
+    """A searched architecture key that no trial reads is refused (any search, costs or not): the
+    trials would differ only in name. A student built from teacher layers takes its architecture
+    and weights from the layer source, so ``models.student`` then names only the tokenizer; a
+    student loaded whole never reads ``models.init_from``."""
+    src = base.source or "config"
+    keys = {canonical(k) for k in searched(params)}
+    layer_lists = spaces.values_of(params, base, "models.init_from_teacher_layers")
+    if "models.student" in keys and all(layer_lists):
+        raise spaces.SpaceError(
+            f"{src}: space.models.student: every trial builds its student from teacher layers "
+            f"(models.init_from_teacher_layers), so the student checkpoint is never loaded and this search "
+            "would change only the tokenizer; set models.init_from_teacher_layers: null to load the students whole")
+    if "models.init_from" in keys and not any(layer_lists):
+        raise spaces.SpaceError(
+            f"{src}: space.models.init_from: no trial copies teacher layers (models.init_from_teacher_layers is "
+            "null), so the layer source is never read; set models.init_from_teacher_layers, or drop this key")
+
+
 def check_space(params: list[spaces.Param], source: str | None) -> None:
     """With serving costs in the search, a searched shape key would make one architecture's
     single measurement wrong for some of its trials: refused."""
@@ -84,6 +103,40 @@ def check_budget(costs: dict[str, dict[str, float]], budget: float | None, sourc
     if fastest > budget:
         raise CostError(f"{source or 'config'}: search.max_latency_ms {budget:g}: no architecture of the space answers "
                         f"within it (the fastest takes {fastest:.1f} ms here); raise the budget or add smaller students")
+
+
+def within_budget(cfg: RaykdConfig, params: list[spaces.Param], costs: dict[str, dict[str, float]],
+                  budget: float) -> tuple[dict[str, Any], list[str]]:
+    """A budget without objectives: the space without the architecture choices that can never win
+    (every architecture built with them is over the budget; Optuna, told the score alone, would
+    keep drawing the larger students for their higher scores). Returns the new ``space`` and one
+    line per choice left out."""
+    archs = all_of(params, cfg)
+    fits = {key_of(a): costs[key_of(a)]["latency_ms"] <= budget for a in archs}
+    space, dropped = dict(cfg.space), []
+    for k in searched(params):
+        spec = space[k]
+        kept = []
+        for v in spec["values"]:
+            same = [a for a in archs if _same(a[canonical(k)], v)]
+            if any(fits[key_of(a)] for a in same):
+                kept.append(v)
+            else:
+                fastest = min(costs[key_of(a)]["latency_ms"] for a in same)
+                dropped.append(f"space.{k}: {json.dumps(v)} left out: {fastest:.1f} ms > "
+                               f"search.max_latency_ms {budget:g}")
+        space[k] = {**spec, "values": kept}
+    for point in cfg.search.points_to_evaluate:
+        values = {**of_config(cfg), **{canonical(k): v for k, v in point.items() if canonical(k) in KEYS}}
+        if not fits.get(key_of(values), True):
+            raise CostError(f"{cfg.source or 'config'}: search.points_to_evaluate entry {point}: its student "
+                            f"({describe(values)}) takes {costs[key_of(values)]['latency_ms']:.1f} ms here, over "
+                            f"search.max_latency_ms {budget:g}; it can never be the best: drop it")
+    return space, dropped
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 class CostError(UserError):

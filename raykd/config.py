@@ -483,6 +483,10 @@ COSTS = ("latency_ms", "params", "size_mb")
 def _check_objectives(cfg: RaykdConfig, task) -> None:
     s, where = cfg.search, _where(cfg.source, "search.objectives")
     if not s.objectives:
+        if s.sampler != "tpe":
+            # One objective is searched with raykd's TPE; the choice would be silently ignored.
+            raise ConfigError(f"{_where(cfg.source, 'search.sampler')}: {s.sampler!r} is the sampler of a "
+                              "multi-objective search; set search.objectives too, or drop search.sampler")
         return
     scores = [o for o in s.objectives if o in task.score_keys()]
     costs = [o for o in s.objectives if o in COSTS]

@@ -39,8 +39,16 @@ _FIELDS = {
     "intermediate": ("intermediate_size", "hidden_dim", "ffn_dim"),
     "vocab": ("vocab_size",),
 }
+# Sizes that change the parameter count and the file size more than the latency; part of the key
+# all the same, so that two architectures that differ only there do not share one measurement.
+_SIZES = {
+    "positions": ("max_position_embeddings",),
+    "type_vocab": ("type_vocab_size",),
+    "embedding": ("embedding_size",),
+    "labels": ("num_labels",),
+}
 PRECISIONS = ("fp32", "int8")
-CACHE_VERSION = 1  # bump when what a measurement means changes: old files are then not reused
+CACHE_VERSION = 2  # bump when what a measurement means changes: old files are then not reused
 
 
 class LatencyError(UserError):
@@ -80,6 +88,7 @@ class ArchKey:
     target: str  # the hardware, e.g. "cpu:Intel(R) Xeon(R) ...": numbers from two machines do not mix
     threads: int | None
     runtime: str
+    sizes: str = "{}"  # _SIZES' values as JSON (absent ones left out)
     version: int = CACHE_VERSION
 
     @property
@@ -113,9 +122,13 @@ def arch_key(config: Any, max_length: int, lc: LatencyConfig | None = None, task
     head = task or (_get(config, ("architectures",)) or [None])[0]
     if not head:
         raise LatencyError(f"{model_type} config: no model class (architectures) to serve; pass task=")
+    sizes = {k: _get(config, names) for k, names in _SIZES.items()}
+    if sizes["labels"] is None and isinstance(config, Mapping) and config.get("id2label"):
+        sizes["labels"] = len(config["id2label"])  # config.json keeps labels as id2label only
     return ArchKey(model_type=str(model_type), head=str(head), max_length=int(max_length),
                    batch_size=lc.batch_size, precision=precision, device=lc.device, target=hardware(lc.device),
-                   threads=lc.threads, runtime=_runtime(), **values)
+                   threads=lc.threads, runtime=_runtime(),
+                   sizes=json.dumps({k: v for k, v in sizes.items() if v is not None}, sort_keys=True), **values)
 
 
 @dataclass

@@ -236,7 +236,11 @@ def check_models(cfg: config_mod.RaykdConfig, mode: str, params: list | None = N
 
     m, src = cfg.models, cfg.source or "config"
     params = params or []
-    layers = m.init_from_teacher_layers
+    # Every layer list a trial can copy (the base's, or the space's choices): some trials may copy
+    # layers and others load their student whole.
+    layer_lists = spaces.values_of(params, cfg, "models.init_from_teacher_layers")
+    copied = [list(v) for v in layer_lists if v]
+    whole = not all(layer_lists)  # some trial loads models.student with its weights
     max_length = max(int(v) for v in spaces.values_of(params, cfg, "data.max_length"))
     teachers: list[tuple[str, str]] = []
     if mode == "distill":
@@ -249,35 +253,34 @@ def check_models(cfg: config_mod.RaykdConfig, mode: str, params: list | None = N
             raise PreflightError(f"{src}: models.teacher: distillation needs a teacher; set models.teacher, or "
                                  "models.teacher_finetune.base to fine-tune one first")
     students = [(s, "models.student") for s in spaces.values_of(params, cfg, "models.student")]
-    if layers:
-        if m.init_from:
-            sources = [(m.init_from, "models.init_from")]
-        elif teachers:
-            sources = teachers
-        else:
-            raise PreflightError(f"{src}: models.init_from_teacher_layers: a finetune run has no teacher to copy "
-                                 "layers from; set models.init_from to the model whose layers to copy")
-    else:
-        sources = []
+    sources: list[tuple[str, str]] = []
+    if copied:
+        init_froms = spaces.values_of(params, cfg, "models.init_from")
+        sources = [(v, "models.init_from") for v in dict.fromkeys(init_froms) if v]
+        if not all(init_froms):  # without models.init_from, layers come from the teacher
+            if not teachers:
+                raise PreflightError(f"{src}: models.init_from_teacher_layers: a finetune run has no teacher to "
+                                     "copy layers from; set models.init_from to the model whose layers to copy")
+            sources += teachers
 
     task = tasks.get(cfg.task)
     confs: dict[tuple[str, str], dict | None] = {}
     for name, key in teachers + sources:
         confs[(name, key)] = model_config(name, f"{src}: {key}")
     for name, key in students:
-        # With a layer copy the student only names the tokenizer.
-        confs[(name, key)] = model_config(name, f"{src}: {key}", weights=not layers)
+        # A student no trial loads whole (every trial copies layers) only names the tokenizer.
+        confs[(name, key)] = model_config(name, f"{src}: {key}", weights=whole)
     # A teacher must carry the task's trained head; a student loaded whole must fit the task's
     # (e.g. as many labels as the data). A base a teacher is fine-tuned from gets a new head.
     for name, key, is_teacher in ([(n, k, True) for n, k in teachers if k == "models.teacher"]
-                                  + ([] if layers else [(n, k, False) for n, k in students])):
+                                  + ([(n, k, False) for n, k in students] if whole else [])):
         if confs.get((name, key)):
             try:
                 task.check_model_config(confs[(name, key)], cfg, f"{src}: {key} {name}", is_teacher)
             except UserError as exc:
                 raise PreflightError(str(exc)) from None
     # The student's architecture comes from the layer source when layers are copied.
-    built_from = teachers + (sources if layers else students)
+    built_from = teachers + sources + (students if whole else [])
     for name, key in built_from:
         limit = _positions(confs.get((name, key)))
         if limit is not None and max_length > limit:
@@ -285,9 +288,10 @@ def check_models(cfg: config_mod.RaykdConfig, mode: str, params: list | None = N
                                  f"{key} {name} (max_position_embeddings); lower data.max_length to <= {limit}")
     for name, key in sources:
         n = _layers(confs.get((name, key)))
-        if n is not None and max(layers) >= n:
-            raise PreflightError(f"{src}: models.init_from_teacher_layers: {layers} asks for layer {max(layers)}, but "
-                                 f"{key} {name} has layers 0..{n - 1}")
+        for layers in copied:
+            if n is not None and max(layers) >= n:
+                raise PreflightError(f"{src}: models.init_from_teacher_layers: {layers} asks for layer {max(layers)}, "
+                                     f"but {key} {name} has layers 0..{n - 1}")
     if mode == "distill":
         _check_vocabularies(teachers, students, src)
 

@@ -5,6 +5,7 @@ train/finetune run, ``prepare``, ``evaluate`` and ``search``. Ray and MLflow sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -137,6 +138,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     # Everything a trial could refuse is refused here, before Ray starts.
     params = spaces.parse(cfg.space, cfg.source)
     spaces.check_keys(params, cfg.source, cfg.task)
+    architectures.check_effective(params, cfg)
     # The space's constants are part of every trial's config, hence of the study it prepares.
     cfg = with_values(cfg, spaces.constants(params))
     spaces.check_corners(cfg, params)
@@ -165,12 +167,20 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
     if archs is not None:
+        from raykd import study_store
         from raykd.prepare import study_place
 
         # Measured here, on the driver, before any trial runs and beside the study (the driver's
-        # local cache): one number per architecture, and no training competes for the cores.
-        the_plan.costs = architectures.measure(cfg, archs, study.teacher, study_place(cfg).local)
+        # local cache): one number per architecture, and no training competes for the cores. A
+        # raykd-made teacher published to a bucket is read from this node's copy.
+        the_plan.costs = architectures.measure(cfg, archs, study_store.local_model(study.teacher),
+                                               study_place(cfg).local)
         architectures.check_budget(the_plan.costs, cfg.search.max_latency_ms, cfg.source)
+        if cfg.search.max_latency_ms is not None and not the_plan.pareto:
+            space, dropped = architectures.within_budget(cfg, params, the_plan.costs, cfg.search.max_latency_ms)
+            for line in dropped:
+                print(f"[raykd] {line}", flush=True)
+            cfg = dataclasses.replace(cfg, space=space)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
           + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
@@ -233,5 +243,9 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         m = summary["mlflow"]
         print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})"
               + (f", alias {m['alias']}" if m.get("alias") else ""))
+    if summary.get("mlflow", {}).get("alias_removed"):
+        name, alias = cfg.tracking.registered_model_name, summary["mlflow"]["alias_removed"]
+        print(f"[raykd] alias removed: models:/{name}@{alias} pointed at an earlier search's student, and no "
+              "student of this search is within the budget")
     print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
     return summary

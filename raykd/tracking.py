@@ -117,7 +117,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _metrics(row: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items()
-            if (k in LOGGED_METRICS or k.startswith("eval_")) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if (k in LOGGED_METRICS or k in COSTS or k.startswith("eval_"))
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +238,23 @@ def finish_study(run_id: str, summary: dict[str, Any], cfg: RaykdConfig, teacher
             with storage.local_copy(best["checkpoint_path"]) as ckpt_dir:
                 out.update(log_student(ckpt_dir, cfg, teacher, best, study=cfg.search.name, alias=alias,
                                        tags=_cost_tags(best)))
+    given = out.get("alias") or any(f.get("alias") for f in out.get("front", []))
+    if alias and not given and cfg.tracking.register_best:
+        # No student of this search met the budget: the alias must not keep serving an earlier
+        # search's student under this search's name.
+        out["alias_removed"] = alias if _drop_alias(cfg.tracking.registered_model_name, alias) else None
     return out
+
+
+def _drop_alias(name: str, alias: str) -> bool:
+    """Remove ``alias`` from registered model ``name``; whether it was there."""
+    client = MlflowClient()
+    try:
+        client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return False  # no such model or no such alias
+    client.delete_registered_model_alias(name, alias)
+    return True
 
 
 # The registered version that is the best student within search.max_latency_ms.
@@ -245,7 +262,8 @@ BUDGET_ALIAS = "within-budget"
 
 
 def _cost_tags(row: dict[str, Any]) -> dict[str, str]:
-    return {k: f"{row[k]:.4g}" for k in COSTS if row.get(k) is not None}
+    # Parameters as an exact count; latency and size to 4 significant digits.
+    return {k: (str(int(row[k])) if k == "params" else f"{row[k]:.4g}") for k in COSTS if row.get(k) is not None}
 
 
 def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[dict[str, Any]]:

@@ -30,9 +30,12 @@ def test_key_reads_the_architecture_not_the_weights_or_training_settings():
     assert (k.model_type, k.layers, k.hidden, k.heads, k.intermediate, k.vocab) == ("bert", 2, 32, 2, 64, 30522)
     assert (k.max_length, k.batch_size, k.precision, k.device, k.head) == (128, 1, "fp32", "cpu", QA)
     assert k.target.startswith("cpu:") and k.runtime.startswith("onnxruntime")
-    # Dropout, initialiser range and the position table do not change the cost at a fixed length.
-    same = key(bert(hidden_dropout_prob=0.3, initializer_range=0.5, max_position_embeddings=512))
+    # Dropout and the initialiser range change no cost.
+    same = key(bert(hidden_dropout_prob=0.3, initializer_range=0.5))
     assert same == k and same.digest == k.digest
+    # The position table, token types and labels change the parameters and the file size: other keys.
+    for other in ({"max_position_embeddings": 64}, {"type_vocab_size": 1}, {"num_labels": 3}):
+        assert key(bert(**other)).digest != k.digest, other
     # A config.json read as a dict keys the same.
     assert key(bert().to_dict()) == k
     assert "bert L2 H32 A2 I64 @128 fp32 cpu" == k.label

@@ -68,6 +68,53 @@ def test_objectives_are_checked(objectives, words):
         RaykdConfig.from_dict({"search": {"max_latency_ms": 0}})
 
 
+def test_a_searched_architecture_key_no_trial_reads_is_refused():
+    layers = {"type": "choice", "values": LAYERS}
+    students = {"type": "choice", "values": ["a", "b"]}
+    copying = RaykdConfig.from_dict({"models": {"init_from_teacher_layers": [0, 1]}}, source="s.yaml")
+    whole = RaykdConfig.from_dict({}, source="s.yaml")
+    # Every trial copies layers: the student checkpoint would only name the tokenizer.
+    with pytest.raises(spaces.SpaceError, match="space.models.student: every trial builds its student from teacher"):
+        architectures.check_effective(spaces.parse({"models.student": students}), copying)
+    with pytest.raises(spaces.SpaceError, match="space.models.student"):
+        architectures.check_effective(spaces.parse({"models.student": students,
+                                                    "models.init_from_teacher_layers": layers}), whole)
+    # No trial copies layers: the layer source is never read.
+    with pytest.raises(spaces.SpaceError, match="space.models.init_from: no trial copies teacher layers"):
+        architectures.check_effective(spaces.parse({"models.init_from": students}), whole)
+    # Read by some trials: accepted.
+    mixed = {"type": "choice", "values": [None, [0, 1]]}
+    architectures.check_effective(spaces.parse({"models.student": students, "models.init_from_teacher_layers": mixed}),
+                                  whole)
+    architectures.check_effective(spaces.parse({"models.init_from": students}), copying)
+    architectures.check_effective(spaces.parse({"models.student": students}), whole)
+
+
+def test_a_budget_alone_leaves_the_students_that_cannot_win_out_of_the_space():
+    space = {"models.init_from_teacher_layers": {"type": "choice", "values": LAYERS + [[0, 1]]},
+             "distill.temperature": {"type": "uniform", "low": 1, "high": 4}}
+    cfg = RaykdConfig.from_dict({"models": {"init_from_teacher_layers": [0, 1]}, "search": {"max_latency_ms": 5.0},
+                                 "space": space}, source="s.yaml")
+    params = spaces.parse(cfg.space, cfg.source)
+    archs = architectures.all_of(params, cfg)
+    ms = {1: 2.0, 4: 8.0, 2: 4.0}
+    costs = {architectures.key_of(a): {"latency_ms": ms[len(a["models.init_from_teacher_layers"])]} for a in archs}
+    new, dropped = architectures.within_budget(cfg, params, costs, 5.0)
+    assert new["models.init_from_teacher_layers"]["values"] == [[0], [0, 1]]
+    assert new["distill.temperature"] == space["distill.temperature"]
+    assert dropped == ["space.models.init_from_teacher_layers: [0, 1, 2, 3] left out: 8.0 ms > search.max_latency_ms 5"]
+    over = RaykdConfig.from_dict({**cfg.to_dict(), "search": {"max_latency_ms": 5.0, "points_to_evaluate": [
+        {"models.init_from_teacher_layers": [0, 1, 2, 3], "distill.temperature": 2.0}]}}, source="s.yaml")
+    with pytest.raises(architectures.CostError, match="points_to_evaluate entry .* 8.0 ms here, over"):
+        architectures.within_budget(over, params, costs, 5.0)
+
+
+def test_a_second_sampler_needs_objectives():
+    with pytest.raises(ConfigError, match="search.sampler: 'nsga2' is the sampler of a multi-objective search"):
+        RaykdConfig.from_dict({"search": {"sampler": "nsga2"}}, source="s.yaml")
+    RaykdConfig.from_dict({"search": {"sampler": "nsga2", "objectives": ["eval_f1", "latency_ms"]}})
+
+
 def _row(tid, f1, latency, status="COMPLETED"):
     return {"trial_id": tid, "status": status, "eval_f1": f1, "eval_exact_match": f1 - 5, "latency_ms": latency,
             "params": latency * 1e5, "size_mb": latency, "stopped_early": status == "STOPPED"}
@@ -163,6 +210,10 @@ def test_a_two_objective_search_finds_registers_and_exports_its_front(local_ray,
         assert list(Path(local).rglob("model.onnx")), f"version {v.version} carries no ONNX file"
     alias = client.get_model_version_by_alias("pareto-student", "within-budget")
     assert alias.tags["trial_id"] == summary["best"]["trial_id"]
+    # Each trial's run carries its architecture's costs beside its scores.
+    trial_runs = client.search_runs([client.get_experiment_by_name("pareto").experiment_id],
+                                    "tags.`raykd.kind` = 'trial'")
+    assert len(trial_runs) == 4 and all(r.data.metrics.get("latency_ms", 0) > 0 for r in trial_runs)
 
 
 def test_a_pareto_best_breaks_score_ties_on_cost_and_a_budget_nothing_meets_is_refused():
@@ -177,3 +228,30 @@ def test_a_pareto_best_breaks_score_ties_on_cost_and_a_budget_nothing_meets_is_r
         architectures.check_space(spaces.parse({"models.teacher": {"type": "choice", "values": ["a", "b"]}}), "s.yaml")
     with pytest.raises(spaces.SpaceError, match="latency.runs"):
         spaces.check_keys(spaces.parse({"latency.runs": {"type": "choice", "values": [5, 10]}}), "s.yaml")
+
+
+def test_a_search_with_no_student_within_its_budget_takes_the_alias_away(tmp_path):
+    # An earlier search registered a version under the alias; this one has a budget and no best.
+    import mlflow
+    from mlflow import MlflowClient
+
+    from raykd import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    client.create_registered_model("student")
+    (tmp_path / "model").mkdir()
+    version = client.create_model_version("student", source=str(tmp_path / "model")).version
+    client.set_registered_model_alias("student", tracking.BUDGET_ALIAS, version)
+    mlflow.set_experiment("e")
+    with mlflow.start_run() as run:
+        pass
+    cfg = RaykdConfig.from_dict({"tracking": {"registered_model_name": "student"}})
+    summary = {"metric": "eval_f1", "scores": ["eval_f1"], "trials": [], "best": None, "max_latency_ms": 1.0,
+               "front": [], "objectives": [["eval_f1", "max"], ["latency_ms", "min"]]}
+    out = tracking.finish_study(run.info.run_id, summary, cfg, None, [])
+    assert out["alias_removed"] == tracking.BUDGET_ALIAS
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("student", tracking.BUDGET_ALIAS)
+    assert tracking.finish_study(run.info.run_id, summary, cfg, None, [])["alias_removed"] is None  # nothing left

@@ -36,6 +36,19 @@ def test_every_searched_model_is_checked(tmp_path, tiny_models):
     preflight.check(base, "distill", [], experiment=False)  # the base pair alone is fine
 
 
+def test_every_searched_layer_list_is_checked_against_its_source(tiny_models):
+    base = RaykdConfig.from_dict({
+        "data": {"synthetic": True, "max_length": 96, "doc_stride": 32},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"]),
+                   "init_from_teacher_layers": [0, 1]},
+        "space": {"models.init_from_teacher_layers": {"type": "choice", "values": [[0, 1], [0, 9]]}},
+    }, source="s.yaml")
+    params = spaces.parse(base.space, base.source)
+    with pytest.raises(preflight.PreflightError, match=r"\[0, 9\] asks for layer 9, but models.teacher .* 0..3"):
+        preflight.check(base, "distill", params, experiment=False)
+    preflight.check(base, "distill", [], experiment=False)  # the base's list alone is fine
+
+
 def test_finetune_needs_no_teacher_but_a_layer_source(tiny_models):
     cfg = RaykdConfig.from_dict({
         "data": {"synthetic": True, "max_length": 96, "doc_stride": 32},
