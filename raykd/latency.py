@@ -123,8 +123,9 @@ def arch_key(config: Any, max_length: int, lc: LatencyConfig | None = None, task
     if not head:
         raise LatencyError(f"{model_type} config: no model class (architectures) to serve; pass task=")
     sizes = {k: _get(config, names) for k, names in _SIZES.items()}
-    if sizes["labels"] is None and isinstance(config, Mapping) and config.get("id2label"):
-        sizes["labels"] = len(config["id2label"])  # config.json keeps labels as id2label only
+    if sizes["labels"] is None and isinstance(config, Mapping):
+        # A config.json keeps labels as id2label, and leaves out the default (2) entirely.
+        sizes["labels"] = len(config["id2label"]) if config.get("id2label") else 2
     return ArchKey(model_type=str(model_type), head=str(head), max_length=int(max_length),
                    batch_size=lc.batch_size, precision=precision, device=lc.device, target=hardware(lc.device),
                    threads=lc.threads, runtime=_runtime(),

@@ -246,6 +246,6 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if summary.get("mlflow", {}).get("alias_removed"):
         name, alias = cfg.tracking.registered_model_name, summary["mlflow"]["alias_removed"]
         print(f"[raykd] alias removed: models:/{name}@{alias} pointed at an earlier search's student, and no "
-              "student of this search is within the budget")
+              "student of this search was registered within the budget")
     print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
     return summary

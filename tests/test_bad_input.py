@@ -94,6 +94,11 @@ CATALOGUE = [
     Case("space-alphas-can-all-be-zero", ["space.distill.alpha_ce", "every alpha"],
          set={"space": {"distill.alpha_ce": {"type": "choice", "values": [0.0, 0.5]},
                         "distill.alpha_squad": {"type": "choice", "values": [0.0, 1.0]}}}),
+    Case("space-student-no-trial-loads", ["space.models.student", "every trial builds its student from teacher layers"],
+         set={"models.init_from_teacher_layers": [0, 1],
+              "space": {"models.student": {"type": "choice", "values": ["a", "b"]}}}),
+    Case("space-layers-out-of-range", ["models.init_from_teacher_layers", "[0, 7] asks for layer 7", "0..3"],
+         set={"space": {"models.init_from_teacher_layers": {"type": "choice", "values": [[0, 1], [0, 7]]}}}),
     # Data files.
     Case("train-file-missing", ["data.train_file", "missing.json", "no such file"],
          set={"data.train_file": "missing.json"}),

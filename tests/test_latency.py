@@ -25,7 +25,7 @@ def key(config=None, max_length=128, lc=None, **kw):
     return latency.arch_key(config or bert(), max_length, lc or LatencyConfig(), task=QA, **kw)
 
 
-def test_key_reads_the_architecture_not_the_weights_or_training_settings():
+def test_key_reads_the_architecture_not_the_weights_or_training_settings(tmp_path):
     k = key()
     assert (k.model_type, k.layers, k.hidden, k.heads, k.intermediate, k.vocab) == ("bert", 2, 32, 2, 64, 30522)
     assert (k.max_length, k.batch_size, k.precision, k.device, k.head) == (128, 1, "fp32", "cpu", QA)
@@ -36,8 +36,11 @@ def test_key_reads_the_architecture_not_the_weights_or_training_settings():
     # The position table, token types and labels change the parameters and the file size: other keys.
     for other in ({"max_position_embeddings": 64}, {"type_vocab_size": 1}, {"num_labels": 3}):
         assert key(bert(**other)).digest != k.digest, other
-    # A config.json read as a dict keys the same.
+    # A config.json read as a dict keys the same (save_pretrained leaves default labels out of it).
     assert key(bert().to_dict()) == k
+    saved = tmp_path / "saved"
+    bert().save_pretrained(saved)
+    assert key(json.loads((saved / "config.json").read_text())) == k
     assert "bert L2 H32 A2 I64 @128 fp32 cpu" == k.label
 
 
