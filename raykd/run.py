@@ -145,6 +145,10 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     for point in cfg.search.points_to_evaluate:
         spaces.check_point(point, params, cfg.source, cfg)
     preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
+    if resume:
+        from raykd import resume as resume_check
+
+        resume_check.check(cfg)  # a changed teacher or data file is refused before anything is prepared
     archs = None
     if objective.needs_costs(cfg):
         from raykd import onnx_export

@@ -36,7 +36,8 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import architectures, errors, objective, pareto, spaces, storage, train
+from raykd import architectures, errors, objective, pareto, spaces, storage, teacher_cache, train
+from raykd import resume as resume_check
 from raykd.checkpoints import META_FILE
 from raykd.config import COSTS, DISTILL, RaykdConfig, storage_root, with_values
 from raykd.errors import TrialFailed, UserError
@@ -172,26 +173,45 @@ class StudyBroker:
 
 
 class ResumableASHA(ASHAScheduler):
-    """ASHA whose rungs survive an interrupted search. Tune's restore rebuilds the scheduler from
-    its initial state (it saves the searcher's state, not the scheduler's), so a resumed search
-    would forget which trial reached which rung with which F1 and let through trials the
-    uninterrupted search stops. The rungs are written beside the experiment after every result
-    and read back on resume."""
+    """ASHA that judges a trial by its score, never stops a trial on its final round, and whose
+    rungs survive an interrupted search.
 
-    def __init__(self, state_uri: str, last_round: int, **kwargs):
+    - The score: Ray's ASHA compares the value a trial reports *this* round. Under
+      ``trial_score: best`` Optuna, the summary, the kept checkpoint and the registry judge a trial
+      by its best round so far, so ASHA is handed that number too (under ``last``, this round's):
+      one number everywhere.
+    - A final round (``final`` in the result) is never stopped, whatever rung it lands on (a trial
+      with fewer optimizer steps than rounds reports merged rounds, its last one possibly on a
+      rung): a trial that ran its schedule is COMPLETED. It still enters its rung when it ends
+      (``on_trial_complete``), so later trials are compared with it.
+    - Resume: Tune's restore rebuilds the scheduler from its initial state (it saves the searcher's
+      state, not the scheduler's), so a resumed search would forget which trial reached which rung
+      with which score. The rungs are written beside the experiment after every result and read
+      back on resume. A trial ASHA stopped also gets a marker file (``stopped/<trial id>.json``,
+      with the round it was stopped at): after a hard kill Tune's saved state can be older and
+      resume it, and the trial driver reads the marker and trains nothing more.
+    """
+
+    def __init__(self, state_uri: str, stopped_uri: str, trial_score: str = "best", **kwargs):
         super().__init__(**kwargs)
-        # A rung at (or past) the last round would stop a trial on its final result: the trial has
-        # finished anyway, but Tune would kill it instead of letting fit() return and Train shut
-        # its workers down itself.
-        for bracket in self._brackets:
-            bracket._rungs = [(m, rec) for m, rec in bracket._rungs if m < last_round]
-        # Trials ASHA stopped. After a hard kill Tune's saved state can be older than the rungs
-        # and list one as running; resumed, it is stopped again at its first result.
-        self._stopped: set[str] = set()
+        self._stopped: dict[str, int] = {}  # trial id -> the round ASHA stopped it at
+        self._score: dict[str, float] = {}  # trial id -> its score so far
+        self._trial_score = trial_score
+        self._score_metric = kwargs.get("metric")
+        self._score_mode = kwargs.get("mode")
+        self._round_attr = kwargs.get("time_attr", TRAINING_ITERATION)
         self._state_uri = state_uri
+        self._stopped_uri = stopped_uri
         fs, path = storage.filesystem(state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
             fs.delete_file(path)  # a fresh search starts with empty rungs
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        ok = super().set_search_properties(metric, mode, **spec)
+        if ok:
+            self._score_metric = metric or self._score_metric
+            self._score_mode = mode or self._score_mode
+        return ok
 
     def __setstate__(self, state: dict) -> None:
         # Tuner.restore unpickles the scheduler as it was when the search started: bring the
@@ -203,15 +223,27 @@ class ResumableASHA(ASHAScheduler):
                 saved = pickle.loads(f.read())
             self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
             self._num_stopped = saved["num_stopped"]
-            self._stopped = saved.get("stopped", set())
+            self._stopped, self._score = saved["stopped"], saved["score"]
 
     def _save(self) -> None:
         fs, path = storage.filesystem(self._state_uri)
         tmp = path + ".tmp"
         with fs.open_output_stream(tmp) as f:
             f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
-                                  "num_stopped": self._num_stopped, "stopped": self._stopped}))
+                                  "num_stopped": self._num_stopped, "stopped": self._stopped,
+                                  "score": self._score}))
         fs.move(tmp, path)
+
+    def _scored(self, trial_id: str, result: dict) -> dict:
+        """The result with the metric replaced by the trial's score so far."""
+        metric = self._score_metric
+        if metric not in result:
+            return result
+        value, prev = float(result[metric]), self._score.get(trial_id)
+        if prev is not None and self._trial_score == "best":
+            value = max(prev, value) if self._score_mode == "max" else min(prev, value)
+        self._score[trial_id] = value
+        return {**result, metric: value}
 
     def on_trial_add(self, tune_controller, trial) -> None:
         # A restored trial keeps the bracket it had; only a new one is assigned.
@@ -221,15 +253,48 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.trial_id in self._stopped:
             return self.STOP
+        result = self._scored(trial.trial_id, result)
+        if result.get("final", False):
+            # Its rung gets it in on_trial_complete, when fit() has returned.
+            self._save()
+            return self.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP:
-            self._stopped.add(trial.trial_id)
+            self._stopped[trial.trial_id] = int(result.get(self._round_attr, 0))
+            write_stopped(self._stopped_uri, trial.trial_id, self._stopped[trial.trial_id])
         self._save()
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial, result)
+        if trial.trial_id in self._trial_info:
+            # The last result was already scored in on_trial_result (scoring again is idempotent).
+            super().on_trial_complete(tune_controller, trial, self._scored(trial.trial_id, result))
         self._save()
+
+
+STOPPED = "stopped"
+
+
+def write_stopped(stopped_uri: str, trial_id: str, round_: int) -> None:
+    storage.write_text(storage.join(stopped_uri, f"{trial_id}.json"), json.dumps({"round": round_}))
+
+
+def stopped_at(stopped_uri: str | None, trial_id: str) -> int | None:
+    """The round ASHA stopped the trial at, or None when it did not stop it."""
+    if stopped_uri is None:
+        return None
+    text = storage.read_text(storage.join(stopped_uri, f"{trial_id}.json"))
+    return None if text is None else int(json.loads(text)["round"])
+
+
+def all_stopped(stopped_uri: str) -> dict[str, int]:
+    fs, root = storage.filesystem(stopped_uri)
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                out[info.base_name[:-len(".json")]] = int(json.loads(f.read())["round"])
+    return out
 
 
 class ProgressTable(tune.CLIReporter):
@@ -294,11 +359,19 @@ class RoundLines(tune.Callback):
 
 def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
                   rounds: int, keep_by: str, study_keys: list[str], broker=None,
-                  costs: dict[str, dict[str, float]] | None = None) -> None:
+                  costs: dict[str, dict[str, float]] | None = None, stopped_uri: str | None = None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
     reports become this trial's Tune results. The Train run is named after the trial, so a
     resumed trial continues from its own checkpoint. ``costs``: each architecture's measured
-    serving costs (a Pareto search), of which the trial reports its own."""
+    serving costs (a Pareto search), of which the trial reports its own. A trial ASHA already
+    stopped (a resume after a hard kill whose saved state still had it running) trains nothing:
+    it returns at once, and Tune ends it with the results it had."""
+    trial_id = tune.get_context().get_trial_id()
+    stopped = stopped_at(stopped_uri, trial_id)
+    if stopped is not None:
+        print(f"[raykd] trial {trial_id} was stopped by ASHA after round {stopped} before the interruption: "
+              "not trained further", flush=True)
+        return
     cfg = with_values(RaykdConfig.from_dict(base), config)
     if study_keys:
         study = ray.get(broker.get.remote({k: config[k] for k in study_keys}))
@@ -308,7 +381,6 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
         if mine is None:
             raise TrialFailed(f"architecture {architectures.describe(architectures.of_config(cfg))} was not "
                               "measured before the search")
-    trial_id = tune.get_context().get_trial_id()
     trainer = train.build_trainer(
         RunSpec.of(cfg, DISTILL, Study(**study), eval_rounds=rounds, costs=mine), name=trial_id,
         storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
@@ -434,6 +506,7 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
     root = storage_root(cfg)
     experiment_path = storage.join(root, s.name)
     runs_path = f"{experiment_path}/{TRAIN_RUNS}"
+    stopped_uri = f"{experiment_path}/{STOPPED}"
     keys = spaces.study_keys(params)
     broker = None
     if keys:
@@ -452,7 +525,7 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
     trainable = tune.with_resources(
         tune.with_parameters(_trial_driver, base=cfg.to_dict(), study=study.__dict__, runs_path=runs_path,
                              rounds=the_plan.rounds, keep_by=the_plan.keep_by, study_keys=keys, broker=broker,
-                             costs=the_plan.costs or None),
+                             costs=the_plan.costs or None, stopped_uri=stopped_uri),
         {"CPU": DRIVER_CPU},
     )
     # Tune's newer console output ignores a progress reporter (ProgressTable); the classic one,
@@ -489,7 +562,8 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
         # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
         # its placement group to Train's asynchronous cleaner.
         def asha(state_file: str) -> ResumableASHA:
-            return ResumableASHA(f"{experiment_path}/{state_file}", last_round=the_plan.rounds, time_attr="round",
+            return ResumableASHA(f"{experiment_path}/{state_file}", stopped_uri, trial_score=the_plan.trial_score,
+                                 time_attr="round",
                                  max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
                                  reduction_factor=s.reduction_factor)
 
@@ -517,11 +591,36 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
     return SearchSetup(tuner, experiment_path)
 
 
+def plan_record(the_plan: Plan) -> dict[str, Any]:
+    """What a search planned, as a resume compares it (:mod:`raykd.resume`)."""
+    return {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
+            "metric": the_plan.metric, "objectives": [list(o) for o in the_plan.objectives],
+            "max_latency_ms": the_plan.max_latency_ms,
+            # What each architecture was measured to cost: re-measured differently (another
+            # latency: setting, machine), finished and resumed trials would not compare.
+            "costs": the_plan.costs or None}
+
+
+def study_record(study: Study) -> dict[str, Any]:
+    """What a search's study is, as a resume compares it: the features (their folder is named by
+    their fingerprint), the teacher and its logits (named by the teacher's fingerprint). Without
+    cached logits (an online teacher) a local teacher folder is identified by its files."""
+    out = {"features": storage.join(study.prepared).rsplit("/", 1)[-1], "teacher": study.teacher,
+           "teacher_logits": study.teacher_file}
+    if study.teacher and not study.teacher_file and not storage.is_remote(study.teacher):
+        out["teacher_files"] = teacher_cache.model_identity(study.teacher)
+    return out
+
+
 def run_search(cfg: RaykdConfig, study: Study, the_plan: Plan, callbacks: list | None = None,
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)
-    _same_plan_on_resume(cfg, the_plan, resume, callbacks or [])
+    planned, studied = plan_record(the_plan), study_record(study)
+    if resume:
+        resume_check.check(cfg, planned, studied)
+    else:
+        resume_check.record(cfg, planned, studied)
     setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
     with _hangup_is_ctrl_c():
         grid = setup.tuner.fit()
@@ -530,13 +629,17 @@ def run_search(cfg: RaykdConfig, study: Study, the_plan: Plan, callbacks: list |
         or len(grid) < cfg.search.num_samples
     # Summarize before pruning: a trial resumed by --resume finds its earlier rounds in its latest
     # checkpoint, which pruning may remove.
+    # Trials ASHA stopped, with their round: after a hard kill a stopped trial's Train run can hold
+    # rounds past it (reported while Tune was stopping it); they are not part of the search.
+    stopped = all_stopped(f"{setup.experiment_path}/{STOPPED}")
     summary = summarize(grid, spaces.searched_keys(params) + [p.key for p in params if p.kind == "complement"],
-                        the_plan, statuses, runs_path=f"{setup.experiment_path}/{TRAIN_RUNS}")
+                        the_plan, statuses, runs_path=f"{setup.experiment_path}/{TRAIN_RUNS}", stopped=stopped)
     summary["interrupted"] = interrupted
     if not interrupted:
         # Only a finished search prunes: an unfinished trial resumes from Train's latest
         # checkpoint, which Train refuses to do when a checkpoint it recorded is gone.
-        prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by)
+        prune_checkpoints(f"{setup.experiment_path}/{TRAIN_RUNS}", cfg.search.keep_checkpoints, the_plan.keep_by,
+                          stopped=stopped)
     # Ray reports checkpoint paths inside their filesystem (``bucket/key`` on S3): give them back
     # their scheme so the summary's paths open as they are.
     for row in summary["trials"]:
@@ -548,40 +651,6 @@ def run_search(cfg: RaykdConfig, study: Study, the_plan: Plan, callbacks: list |
     if not interrupted:
         storage.write_text(storage.join(setup.experiment_path, SUMMARY), json.dumps(summary, indent=2, default=str))
     return summary
-
-
-PLAN_FILE = "raykd_plan.json"
-
-
-def _same_plan_on_resume(cfg: RaykdConfig, the_plan: Plan, resume: bool, callbacks: list) -> None:
-    """A resumed search restores its scheduler, searcher and callbacks as they were pickled when
-    it started, while its trials would take rounds and checkpoint rules from the current config:
-    a changed setting would be half applied, so it is refused. The plan is recorded at the start."""
-    record = {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
-              "metric": the_plan.metric, "objectives": [list(o) for o in the_plan.objectives],
-              "max_latency_ms": the_plan.max_latency_ms, "sampler": cfg.search.sampler,
-              # What each architecture was measured to cost: re-measured differently (another
-              # latency: setting, machine), finished and resumed trials would not compare.
-              "costs": the_plan.costs or None,
-              "keep_checkpoints": cfg.search.keep_checkpoints, "num_samples": cfg.search.num_samples,
-              "tracking": [getattr(c, "tracking_uri", None) for c in callbacks] or None}
-    fs, path = storage.filesystem(f"{storage_root(cfg).rstrip('/')}/{cfg.search.name}/{PLAN_FILE}")
-    if resume:
-        try:
-            with fs.open_input_stream(path) as f:
-                saved = json.loads(f.read())
-        except (FileNotFoundError, OSError, ValueError):
-            return  # started before the plan was recorded
-        # A setting the interrupted search did not record (an older raykd) is not compared.
-        changed = {k: (saved[k], v) for k, v in record.items() if k in saved and saved[k] != v}
-        if changed:
-            raise UserError(f"{cfg.source or 'config'}: --resume with settings that differ from the interrupted "
-                            "search's (was, now): " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-                            + "; resume with the original settings, or start a new search.name")
-        return
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(record).encode())
 
 
 @contextlib.contextmanager
@@ -613,20 +682,26 @@ def _saved_statuses(experiment_path: str, grid) -> dict[str, str]:
         return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
 
 
-def prune_checkpoints(runs_path: str, keep: int, by: str) -> None:
+def prune_checkpoints(runs_path: str, keep: int, by: str, stopped: dict[str, int] | None = None) -> None:
     """Leave each trial its best ``keep`` checkpoints by ``by`` (the objective, or ``round``: the latest). Train keeps the latest one too
     (to resume a run); once the search is over no trial resumes, so that one goes unless it is
-    among the best. Works on local paths and on cloud URIs (pyarrow filesystems)."""
+    among the best. A trial ASHA stopped keeps none past the round it was stopped at
+    (``stopped``). Works on local paths and on cloud URIs (pyarrow filesystems)."""
     fs, root = storage.filesystem(runs_path)
     info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     for run_dir in (i.path for i in info if i.type == pafs.FileType.Directory):
         ckpts = [i.path for i in fs.get_file_info(pafs.FileSelector(run_dir))
                  if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+        last = (stopped or {}).get(run_dir.rstrip("/").rsplit("/", 1)[-1])
         scored = []
         for path in ckpts:
             try:
                 with fs.open_input_stream(f"{path}/{META_FILE}") as f:
-                    scored.append((json.loads(f.read())[by], path))
+                    meta = json.loads(f.read())
+                if last is not None and int(meta["round"]) > last:
+                    fs.delete_dir(path)
+                    continue
+                scored.append((meta[by], path))
             except (FileNotFoundError, OSError, KeyError, ValueError):
                 scored.append((float("-inf"), path))
         scored.sort(reverse=MODE == "max" or by == "round")
@@ -676,7 +751,7 @@ def _with_earlier_rounds(df, runs_path: str | None, trial_id: str):
 
 
 def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | None = None,
-              runs_path: str | None = None) -> dict[str, Any]:
+              runs_path: str | None = None, stopped: dict[str, int] | None = None) -> dict[str, Any]:
     """One row per trial (hyperparameters, its score and the round it comes from, rounds run of
     those planned, stopped early), and the best trial: the best score over all trials, with the
     checkpoint of the round it comes from. Every score the task reports is a column, each taken
@@ -688,6 +763,9 @@ def summarize(grid, keys: list[str], the_plan: Plan, statuses: dict[str, str] | 
         config = result.config or {}
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         df = _with_earlier_rounds(result.metrics_dataframe, runs_path, trial_id)
+        if df is not None and not df.empty and trial_id in (stopped or {}) and "round" in df:
+            # Rounds past the one ASHA stopped the trial at (a hard kill's leftovers) do not count.
+            df = df[df["round"] <= stopped[trial_id]].reset_index(drop=True)
         row: dict[str, Any] = {"trial_id": trial_id, **{k: config.get(k) for k in keys}}
         if result.error:
             row["error"] = errors.reason(result.error)

@@ -63,28 +63,6 @@ def test_corners_refused_before_ray_starts():
                                              "data.doc_stride": {"type": "int", "low": 64, "high": 192}}))
 
 
-def test_asha_never_stops_a_trial_on_its_last_round_and_remembers_whom_it_stopped(tmp_path):
-    """Rungs at or past the last round are dropped (a trial there has finished; stopping it would
-    kill it instead of letting it return). A trial ASHA stopped is stopped again if a resumed search
-    hands it a result (Tune's state older than the rungs after a hard kill)."""
-    from types import SimpleNamespace
-
-    from raykd import search
-
-    asha = search.ResumableASHA(str(tmp_path / "asha.pkl"), last_round=6, time_attr="round", metric="eval_f1",
-                                mode="max", max_t=7, grace_period=3, reduction_factor=2)
-    assert [m for b in asha._brackets for m, _ in b._rungs] == [3]
-    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
-    for t in trials:
-        asha.on_trial_add(None, t)
-    assert asha.on_trial_result(None, trials[0], {"round": 3, "eval_f1": 50.0}) == asha.CONTINUE
-    assert asha.on_trial_result(None, trials[1], {"round": 3, "eval_f1": 10.0}) == asha.STOP
-    restored = search.ResumableASHA.__new__(search.ResumableASHA)
-    restored.__setstate__({**asha.__dict__, "_stopped": set(), "_trial_info": {}})
-    assert restored.on_trial_result(None, trials[1], {"round": 4, "eval_f1": 99.0}) == asha.STOP
-    assert restored.on_trial_result(None, trials[0], {"round": 6, "eval_f1": 1.0}) == asha.CONTINUE
-
-
 def test_teacher_logits_prepared_when_any_point_distils():
     base = RaykdConfig.from_dict({"distill": {"alpha_ce": 0.0, "alpha_squad": 1.0}})
     assert not spaces.may_use_teacher_logits(base, [])

@@ -1,0 +1,104 @@
+"""What a resumed search must share with the search it continues, and the check that it does.
+
+A resumed search restores its searcher, scheduler and Tune settings as they were pickled when it
+started, while every trial (finished, resumed or new) builds its run from the config of the
+command at hand. Any setting that changes what a trial computes and differs between the two would
+be half applied: finished trials ran the old settings, resumed and new ones the new settings, and
+the summary would rank two experiments as one. So the search records, when it starts, every such
+setting (the resolved config, flat by dotted key), what it planned (rounds, first rung, measured
+costs) and what its study is (features, teacher, teacher logits); ``--resume`` compares and
+refuses the first difference, naming the key with its old and new value.
+
+What may change on resume is listed in :data:`MAY_CHANGE`: where the tracking server and the
+caches are, and how workers are placed and threaded. Nothing else, ``search.num_samples``
+included: Tune restores its trial count with the experiment, so a new value would silently not
+apply.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from raykd import storage
+from raykd.config import RaykdConfig, storage_root
+from raykd.errors import UserError
+
+RECORD_FILE = "raykd_resume.json"
+FORMAT = 2  # the record's layout; a search started by a raykd that wrote no record is refused
+
+# Keys a resume may change, and why each leaves what a trial computes as it was.
+MAY_CHANGE = {
+    "tracking.tracking_uri": "where runs are logged, not what they hold",
+    "tracking.register_best": "what happens after the search",
+    "tracking.registered_model_name": "what happens after the search",
+    "data.cache_dir": "where prepared studies are kept; what they hold is compared as study.*",
+    "scaling.cpus_per_worker": "how workers are placed",
+    "scaling.resources_per_worker": "how workers are placed",
+    "scaling.max_failures": "how often a failed worker group restarts from its checkpoint",
+}
+
+
+def _plain(value: Any) -> Any:
+    """JSON's view of a value, so that a tuple and a list, or 2 and 2.0, compare as a reader expects."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        # The space is compared as one value: its keys are dotted names themselves.
+        if isinstance(value, dict) and value and dotted != "space":
+            out.update(_flat(value, dotted))
+        else:
+            out[dotted] = _plain(value)
+    return out
+
+
+def fingerprint(cfg: RaykdConfig, plan: dict[str, Any] | None = None,
+                study: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that changes what a trial computes, by dotted key: the resolved config less
+    :data:`MAY_CHANGE`, plus ``plan.*`` and ``study.*`` when given."""
+    out = {k: v for k, v in _flat(cfg.to_dict()).items() if k not in MAY_CHANGE}
+    out.update({f"plan.{k}": _plain(v) for k, v in (plan or {}).items()})
+    out.update({f"study.{k}": _plain(v) for k, v in (study or {}).items()})
+    return out
+
+
+def _path(cfg: RaykdConfig) -> str:
+    return storage.join(storage_root(cfg), cfg.search.name, RECORD_FILE)
+
+
+def record(cfg: RaykdConfig, plan: dict[str, Any], study: dict[str, Any]) -> None:
+    """Written when a search starts (not on resume)."""
+    storage.write_text(_path(cfg), json.dumps({"format": FORMAT, "settings": fingerprint(cfg, plan, study)},
+                                              indent=1, sort_keys=True))
+
+
+def check(cfg: RaykdConfig, plan: dict[str, Any] | None = None, study: dict[str, Any] | None = None) -> None:
+    """Refuses a resume whose settings differ from the recorded ones. Called twice: with the
+    config alone before Ray starts (a changed teacher or data file is refused before anything is
+    prepared), and with the plan and the study once they are known. The first call leaves out the
+    space too: a latency budget narrows it after the costs are measured."""
+    where = cfg.source or "config"
+    try:
+        saved = json.loads(storage.read_text(_path(cfg)) or "null")
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+        raise UserError(f"{where}: --resume: {cfg.search.name} has no readable record of the settings it started "
+                        "with (it was started by an older raykd, or the record is damaged), so a resume cannot be "
+                        "checked to run the same search; start a new search.name")
+    old, now = saved["settings"], fingerprint(cfg, plan, study)
+    # Plan and study keys are compared once they are known (the second call).
+    early = plan is None and study is None
+    keys = [k for k in sorted(set(old) | set(now))
+            if not (early and (k == "space" or k.startswith(("plan.", "study."))))]
+    changed = [k for k in keys if old.get(k, "<unset>") != now.get(k, "<unset>")]
+    if changed:
+        first = changed[0]
+        more = f" (and {len(changed) - 1} more: {', '.join(changed[1:])})" if len(changed) > 1 else ""
+        raise UserError(f"{where}: --resume with {first} = {json.dumps(now.get(first))}, but the search started "
+                        f"with {json.dumps(old.get(first))}{more}; a resume runs the same search: resume with the "
+                        "original settings, or start a new search.name")

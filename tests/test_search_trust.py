@@ -1,0 +1,167 @@
+"""One number everywhere and a resume that is the same search: ASHA judges a trial's score, a final
+round is never stopped, a stopped trial stays stopped across a hard kill, and a resume with other
+settings is refused (no Ray started: Tune's schedulers and trial records are plain objects)."""
+
+import json
+import pickle
+
+import pandas as pd
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from raykd import resume, search
+from raykd.config import RaykdConfig, with_values
+from raykd.errors import UserError
+from raykd.fair_stopping import ArchitectureOf, PerArchitectureScheduler, key_of_values
+
+STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
+ARCH = ArchitectureOf(["models.init_from_teacher_layers"])
+KEY = key_of_values({"models.init_from_teacher_layers": [0, 2]})
+
+
+def trial(trial_id):
+    return Trial("raykd_trial", config={"models.init_from_teacher_layers": [0, 2]}, trial_id=trial_id, stub=True)
+
+
+def asha(tmp_path, rule, name="asha_state.pkl"):
+    # Rungs at rounds 2 and 4 (reduction factor 2), as in a search of 4 rounds with grace period 2.
+    tmp_path.mkdir(parents=True, exist_ok=True)  # the experiment's folder
+    s = search.ResumableASHA(str(tmp_path / name), str(tmp_path / "stopped"), trial_score=rule, time_attr="round",
+                             max_t=5, grace_period=2, reduction_factor=2)
+    s.set_search_properties("eval_f1", "max")
+    return s
+
+
+def per_architecture(tmp_path, rule):
+    s = PerArchitectureScheduler(ARCH, lambda key: asha(tmp_path, rule), [KEY])
+    s.set_search_properties("eval_f1", "max")
+    return s
+
+
+def play(scheduler, events):
+    """Feed (trial, round, f1) results in order (adding each trial first); the decisions."""
+    added, out = set(), []
+    for t, r, f1 in events:
+        if t.trial_id not in added:
+            scheduler.on_trial_add(None, t)
+            added.add(t.trial_id)
+        out.append(scheduler.on_trial_result(None, t, {"round": r, "eval_f1": f1, "final": r == 4}))
+    return out
+
+
+@pytest.mark.parametrize("make", [asha, per_architecture])
+def test_asha_compares_the_trial_score(tmp_path, make):
+    """B reports 10 then 45, A reports 50 then 40. At the rung (round 2) A's score is 50 under
+    ``best`` (it beats B's 45: A continues) and 40 under ``last`` (A stops)."""
+    for rule, decision in (("best", CONTINUE), ("last", STOP)):
+        a, b = trial("A"), trial("B")
+        decisions = play(make(tmp_path / rule, rule), [(b, 1, 10.0), (b, 2, 45.0), (a, 1, 50.0), (a, 2, 40.0)])
+        assert decisions[:3] == [CONTINUE] * 3
+        assert decisions[3] == decision, rule
+
+
+def test_a_final_round_on_a_rung_is_never_stopped(tmp_path):
+    """A trial with fewer steps than rounds merges its rounds: its only report is round 4, final,
+    on the rung at 4, below the trial there before it. It ran its schedule: never STOPPED; it still
+    enters the rung when it completes."""
+    s = asha(tmp_path, "best")
+    a, b = trial("A"), trial("B")
+    assert play(s, [(a, 2, 50.0), (a, 4, 60.0)]) == [CONTINUE, CONTINUE]
+    s.on_trial_complete(None, a, {"round": 4, "eval_f1": 60.0, "final": True})
+    assert play(s, [(b, 4, 10.0)]) == [CONTINUE]
+    s.on_trial_complete(None, b, {"round": 4, "eval_f1": 10.0, "final": True})
+    assert not search.all_stopped(str(tmp_path / "stopped"))
+
+
+def test_a_stopped_trial_stays_stopped_after_a_hard_kill(tmp_path):
+    """ASHA stops A at round 2; the search is killed before Tune saves that. The restored scheduler
+    (unpickled as it was when the search started) reads its rungs back, stops A at once, and the
+    marker tells A's driver not to train (and the summary where A ended)."""
+    s = asha(tmp_path, "last")
+    at_start = pickle.dumps(s)
+    a, b = trial("A"), trial("B")
+    assert play(s, [(b, 2, 45.0), (a, 2, 40.0)]) == [CONTINUE, STOP]
+    assert search.stopped_at(str(tmp_path / "stopped"), "A") == 2
+    assert search.stopped_at(str(tmp_path / "stopped"), "B") is None
+    restored = pickle.loads(at_start)
+    assert restored.on_trial_result(None, a, {"round": 3, "eval_f1": 99.0}) == STOP
+    assert search.all_stopped(str(tmp_path / "stopped")) == {"A": 2}
+
+
+def test_rounds_past_the_stop_enter_neither_the_summary_nor_the_checkpoints(tmp_path):
+    """A's Train run holds rounds 1-3 (round 3 reported while Tune was stopping it at round 2):
+    the summary ends A at round 2, STOPPED, and pruning removes round 3's checkpoint."""
+    runs = tmp_path / "train_runs"
+    for r, f1 in ((1, 10.0), (2, 20.0), (3, 90.0)):
+        ckpt = runs / "A" / f"checkpoint_{r:06d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / search.META_FILE).write_text(json.dumps({"round": r, "eval_f1": f1}))
+
+    class Result:
+        config, error, path = {}, None, str(tmp_path / "A")
+        metrics = {"trial_id": "A"}
+        metrics_dataframe = pd.DataFrame([{"round": r, "eval_f1": f, "final": False,
+                                           "checkpoint_path": str(runs / "A" / f"checkpoint_{r:06d}")}
+                                          for r, f in ((1, 10.0), (2, 20.0), (3, 90.0))])
+
+    the_plan = search.Plan(4, 2, "best", "eval_f1", [("eval_f1", "F1")])
+    summary = search.summarize([Result()], [], the_plan, {"A": "TERMINATED"}, stopped={"A": 2})
+    row = summary["trials"][0]
+    assert (row["status"], row["rounds"], row["eval_f1"], row["score_round"]) == ("STOPPED", 2, 20.0, 2)
+    search.prune_checkpoints(str(runs), keep=5, by="eval_f1", stopped={"A": 2})
+    assert sorted(p.name for p in (runs / "A").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
+
+
+def _cfg(tmp_path, **values):
+    cfg = RaykdConfig.from_dict({"search": {"name": "s", "storage_path": str(tmp_path)},
+                                 "space": {"optim.learning_rate": {"type": "choice", "values": [1e-4, 3e-4]}}},
+                                source="space.yaml")
+    return with_values(cfg, values) if values else cfg
+
+
+PLAN = {"rounds": 4, "grace_period": 2}
+STUDY = {"features": "abc", "teacher": "/t", "teacher_logits": "teacher-1.npy"}
+
+
+@pytest.mark.parametrize("key, value", [
+    ("optim.num_epochs", 3.0), ("distill.temperature", 4.0), ("distill.alpha_ce", 0.9),
+    ("models.teacher", "/other"), ("data.train_file", "/other.json"), ("optim.batch_size", 8),
+    ("optim.weight_decay", 0.1), ("search.num_samples", 20), ("search.trial_score", "last"),
+])
+def test_a_resume_with_another_setting_is_refused_naming_it(tmp_path, key, value):
+    resume.record(_cfg(tmp_path), PLAN, STUDY)
+    with pytest.raises(UserError) as err:
+        resume.check(_cfg(tmp_path, **{key: value}))  # before Ray: the config alone
+    msg = str(err.value)
+    assert "\n" not in msg and key in msg and json.dumps(value) in msg, msg
+    old = resume.fingerprint(_cfg(tmp_path))[key]
+    assert f"started with {json.dumps(old)}" in msg
+
+
+def test_a_resume_with_another_study_or_plan_is_refused(tmp_path):
+    resume.record(_cfg(tmp_path), PLAN, STUDY)
+    resume.check(_cfg(tmp_path))  # early: plan and study are not known yet
+    resume.check(_cfg(tmp_path), PLAN, STUDY)
+    for plan, study, key in ((PLAN, {**STUDY, "teacher_logits": "teacher-2.npy"}, "study.teacher_logits"),
+                             ({**PLAN, "rounds": 5}, STUDY, "plan.rounds")):
+        with pytest.raises(UserError, match=key):
+            resume.check(_cfg(tmp_path), plan, study)
+    # The space is compared once the plan is known (a latency budget narrows it before).
+    narrowed = _cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000"})
+    narrowed.space = {"optim.learning_rate": {"type": "choice", "values": [1e-4]}}
+    resume.check(narrowed)
+    with pytest.raises(UserError, match="space"):
+        resume.check(narrowed, PLAN, STUDY)
+
+
+def test_what_a_resume_may_change(tmp_path):
+    resume.record(_cfg(tmp_path), PLAN, STUDY)
+    resume.check(_cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000", "data.cache_dir": "/c",
+                                   "scaling.max_failures": 2, "tracking.register_best": False}), PLAN, STUDY)
+    assert set(resume.MAY_CHANGE) <= set(resume.fingerprint(_cfg(tmp_path))) | set(resume.MAY_CHANGE)
+
+
+def test_a_search_without_a_record_is_not_resumed_on_a_guess(tmp_path):
+    with pytest.raises(UserError, match="no readable record"):
+        resume.check(_cfg(tmp_path))
