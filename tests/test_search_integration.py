@@ -141,6 +141,15 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     assert {r.info.status for r in runs if r.data.tags.get("raykd.kind") == "trial"} <= {"FINISHED", "KILLED"}
     before = _trial_results(exp)
+    finished_before = _results(exp)[finished][-1][METRIC]
+
+    # A resume with a setting that changes what a trial computes is refused before Ray starts.
+    changed = subprocess.run(cmd + ["--resume", "--set", "optim.num_epochs=3"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert changed.returncode == 2, changed.stdout[-2000:] + changed.stderr[-2000:]
+    line = changed.stderr.strip().splitlines()[-1]
+    assert "optim.num_epochs" in line and "3.0" in line and "2.0" in line, changed.stderr[-2000:]
+    assert _trial_results(exp) == before
 
     done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -167,6 +176,25 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     assert sorted(r.data.tags["raykd.trial_id"] for r in children) == sorted(r["trial_id"] for r in summary["trials"])
     assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
     assert client.search_registered_models()
+
+    # The same search without the interruption (same seed: the same two trials) ends each trial
+    # with the same score: the resumed trial continued exactly (its RNG states, data order and
+    # optimizer restored), and the finished one kept its score.
+    straight = subprocess.run(cmd + ["--set", "search.name=straight", "--no-tracking"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    other = json.loads((tmp_path / "results" / "straight" / search.SUMMARY).read_text())
+
+    def by_config(s):
+        return {(r["optim.learning_rate"], round(r["distill.temperature"], 9)): r for r in s["trials"]}
+
+    resumed, uninterrupted = by_config(summary), by_config(other)
+    assert resumed.keys() == uninterrupted.keys()
+    for key, row in resumed.items():
+        assert row[METRIC] == pytest.approx(uninterrupted[key][METRIC], abs=1e-6), (row, uninterrupted[key])
+        assert row["rounds"] == uninterrupted[key]["rounds"]
+    assert next(r for r in summary["trials"] if r["trial_id"] == finished)["curve"][-1][1] == \
+        pytest.approx(finished_before)
 
 
 def _results(exp: Path) -> dict[str, list[dict]]:
