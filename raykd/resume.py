@@ -9,8 +9,8 @@ setting (the resolved config, flat by dotted key), what it planned (rounds, firs
 costs) and what its study is (features, teacher, teacher logits); ``--resume`` compares and
 refuses the first difference, naming the key with its old and new value.
 
-What may change on resume is listed in :data:`MAY_CHANGE`: where the tracking server and the
-caches are, and how workers are placed and threaded. Nothing else, ``search.num_samples``
+What may change on resume is listed in :data:`MAY_CHANGE`: where the tracking server is, what
+happens after the search, and how workers are placed. Nothing else, ``search.num_samples``
 included: Tune restores its trial count with the experiment, so a new value would silently not
 apply.
 """
@@ -32,7 +32,6 @@ MAY_CHANGE = {
     "tracking.tracking_uri": "where runs are logged, not what they hold",
     "tracking.register_best": "what happens after the search",
     "tracking.registered_model_name": "what happens after the search",
-    "data.cache_dir": "where prepared studies are kept; what they hold is compared as study.*",
     "scaling.cpus_per_worker": "how workers are placed",
     "scaling.resources_per_worker": "how workers are placed",
     "scaling.max_failures": "how often a failed worker group restarts from its checkpoint",

@@ -157,7 +157,7 @@ def test_a_resume_with_another_study_or_plan_is_refused(tmp_path):
 
 def test_what_a_resume_may_change(tmp_path):
     resume.record(_cfg(tmp_path), PLAN, STUDY)
-    resume.check(_cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000", "data.cache_dir": "/c",
+    resume.check(_cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000",
                                    "scaling.max_failures": 2, "tracking.register_best": False}), PLAN, STUDY)
     assert set(resume.MAY_CHANGE) <= set(resume.fingerprint(_cfg(tmp_path))) | set(resume.MAY_CHANGE)
 
