@@ -231,7 +231,8 @@ def _layers(conf: dict[str, Any] | None) -> int | None:
 
 def check_models(cfg: config_mod.RaykdConfig, mode: str, params: list | None = None) -> None:
     """Every model the command will load: teacher(s), student(s), the layer source; their
-    position embeddings against data.max_length; teacher and student share a vocabulary."""
+    position embeddings against data.max_length; teacher and student, and the layer source and
+    student, share a vocabulary."""
     from raykd import spaces
 
     m, src = cfg.models, cfg.source or "config"
@@ -292,8 +293,11 @@ def check_models(cfg: config_mod.RaykdConfig, mode: str, params: list | None = N
             if n is not None and max(layers) >= n:
                 raise PreflightError(f"{src}: models.init_from_teacher_layers: {layers} asks for layer {max(layers)}, "
                                      f"but {key} {name} has layers 0..{n - 1}")
-    if mode == "distill":
-        _check_vocabularies(teachers, students, src)
+    # A teacher's logits are distilled position by position; copied layers bring models.init_from's
+    # embeddings, indexed by its vocabulary, to read the student tokenizer's ids. (A teacher as
+    # the layer source is among the teachers.)
+    layer_sources = [s for s in sources if s[1] == "models.init_from"]
+    _check_vocabularies((teachers if mode == "distill" else []) + layer_sources, students, src)
 
 
 def _tokenizer(name: str, what: str):
@@ -304,17 +308,25 @@ def _tokenizer(name: str, what: str):
         raise PreflightError(f"{what} {name}: cannot load its tokenizer ({first[:200]})") from None
 
 
-def _check_vocabularies(teachers, students, src: str) -> None:
+# What a model other than the teacher gives the student that needs its vocabulary (the tokenizers'
+# own message speaks of distillation).
+_NEEDS_VOCABULARY = {"models.init_from": "the student copies its embeddings and layers from models.init_from"}
+
+
+def _check_vocabularies(sources: list[tuple[str, str]], students: list[tuple[str, str]], src: str) -> None:
+    """Refuse a (source, student) pair, each a (name, config key), whose tokenizers do not share a
+    vocabulary: a teacher, or the model whose layers the student copies."""
     toks: dict[str, Any] = {}
-    for name, key in teachers + students:
+    for name, key in sources + (students if sources else []):
         if name not in toks:
             toks[name] = _tokenizer(name, f"{src}: {key}")
-    for t, t_key in teachers:
+    for t, t_key in sources:
         for s, s_key in students:
             try:
                 models.check_tokenizers(toks[t], toks[s])
             except models.ModelError as exc:
-                raise PreflightError(f"{src}: {s_key} {s} with {t_key} {t}: {exc}") from None
+                why = f"{_NEEDS_VOCABULARY[t_key]}, so both must tokenize alike: " if t_key in _NEEDS_VOCABULARY else ""
+                raise PreflightError(f"{src}: {s_key} {s} with {t_key} {t}: {why}{exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,41 @@ def test_finetune_needs_no_teacher_but_a_layer_source(tiny_models):
     preflight.check(cfg, "finetune", experiment=False)
 
 
+@pytest.fixture(scope="module")
+def other_vocab(tmp_path_factory):
+    """A tiny BERT with its own 7-token vocabulary (not MiniLM's)."""
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("othervocab")
+    (path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nwhere\noslo\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    BertForQuestionAnswering(BertConfig(vocab_size=7, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=16, max_position_embeddings=256)).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["distill", "finetune"])
+def test_a_layer_source_of_another_vocabulary_is_refused(tiny_models, other_vocab, mode):
+    cfg = RaykdConfig.from_dict({
+        "data": {"synthetic": True, "max_length": 96, "doc_stride": 32},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"]),
+                   "init_from_teacher_layers": [0, 1], "init_from": str(other_vocab)},
+    }, source="s.yaml")
+    with pytest.raises(preflight.PreflightError,
+                       match=rf"s.yaml: models.student .* with models.init_from {other_vocab}: .*vocabulary"):
+        preflight.check(cfg, mode, experiment=False)
+
+
+def test_a_layer_source_of_the_students_vocabulary_is_accepted(tiny_models):
+    cfg = RaykdConfig.from_dict({
+        "data": {"synthetic": True, "max_length": 96, "doc_stride": 32},
+        "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"]),
+                   "init_from_teacher_layers": [0, 1], "init_from": str(tiny_models["bert"])},
+    })
+    preflight.check(cfg, "distill", experiment=False)
+    preflight.check(cfg, "finetune", experiment=False)
+
+
 def test_experiment_folder_rules(tmp_path):
     cfg = RaykdConfig.from_dict({"search": {"name": "exp", "storage_path": str(tmp_path)}})
     preflight.check_experiment(cfg, None, resume=False, overwrite=False)
