@@ -18,7 +18,7 @@ from raykd import data as data_mod
 from raykd import models, objective, study_store, tasks, teacher_cache
 from raykd.checkpoints import STATE_FILE
 from raykd.config import DISTILL, FINETUNE, RaykdConfig, storage_root
-from raykd.runspec import Study
+from raykd.runspec import Study, as_finetune
 
 
 def study_place(cfg: RaykdConfig) -> study_store.Place:
@@ -31,6 +31,69 @@ def cache_root(cfg: RaykdConfig) -> Path:
     return study_place(cfg).local
 
 
+def teacher_finetune_config(cfg: RaykdConfig) -> RaykdConfig:
+    """The fine-tuning run that makes the teacher when only ``models.teacher_finetune.base`` is
+    given: ``cfg``'s settings, the whole base model, and teacher_finetune's epochs, learning rate
+    and batch size, evaluated once per epoch."""
+    ft = cfg.models.teacher_finetune
+    return RaykdConfig.from_dict(
+        {
+            **cfg.to_dict(),
+            "models": {"teacher": None, "student": ft.base},
+            "optim": {**cfg.optim.__dict__, "learning_rate": ft.learning_rate,
+                      "num_epochs": ft.num_epochs, "batch_size": ft.batch_size, "eval_every_steps": None},
+            "scaling": {**cfg.scaling.__dict__, "resources_per_worker": dict(cfg.scaling.resources_per_worker)},
+        }
+    )
+
+
+# Settings of the teacher's fine-tuning run left out of its cache key because they cannot change
+# the teacher's weights, nor which checkpoint becomes the teacher. Every other setting is in the
+# key, new fields included: a teacher is never reused for a run that would train another one.
+NOT_IN_TEACHER_KEY = (
+    "models.student",  # the base: keyed by its files (model_identity), not by its name or path
+    "data.train_file", "data.validation_file",  # keyed by their contents (features_fingerprint)
+    "data.cache_dir",  # where the cache lives
+    "distill.temperature", "distill.teacher_mode",  # no teacher in a fine-tune (runspec.as_finetune)
+    "optim.eval_batch_size",  # evaluation only, and padding is masked: same scores at any batch size
+    # Where the workers run and how fast, not what they compute; a restarted group resumes its checkpoint.
+    "scaling.cpus_per_worker", "scaling.resources_per_worker", "scaling.torch_threads", "scaling.max_failures",
+    # The search around the run. (search.metric and search.objectives stay: they pick the best
+    # checkpoint; keep_checkpoints does not, the best is always kept.)
+    "search.name", "search.storage_path", "search.num_samples", "search.max_concurrent_trials", "search.rounds",
+    "search.scheduler", "search.grace_period", "search.min_share_before_stop", "search.reduction_factor",
+    "search.trial_score", "search.seed", "search.n_startup_trials", "search.points_to_evaluate",
+    "search.keep_checkpoints", "search.max_latency_ms", "search.sampler",
+    "tracking", "latency", "space",  # logging, serving costs, the search space: not read by a run
+)
+
+
+def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def teacher_key(ft_cfg: RaykdConfig, cache_dir: Path) -> str:
+    """The cache key of the teacher that ``ft_cfg`` (:func:`teacher_finetune_config`) fine-tunes:
+    its base model's files, its data as the prepared features key it, and every setting of the run
+    as its workers receive it (:func:`raykd.runspec.as_finetune`) but :data:`NOT_IN_TEACHER_KEY`."""
+    base = ft_cfg.models.student
+    settings = {key: value for key, value in _flat(as_finetune(ft_cfg).to_dict()).items()
+                if not any(key == x or key.startswith(x + ".") for x in NOT_IN_TEACHER_KEY)}
+    return teacher_cache._digest(
+        {
+            "base": teacher_cache.model_identity(base),
+            "data": teacher_cache.features_fingerprint(tasks.get(ft_cfg.task), ft_cfg.data, base, cache_dir),
+            "run": settings,
+        }
+    )
+
+
 def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     """The teacher to use: ``models.teacher`` as given, or, when it is unset and
     ``teacher_finetune.base`` is, a teacher fine-tuned from that base by raykd and cached (a local
@@ -40,15 +103,8 @@ def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     ft = cfg.models.teacher_finetune
     if not ft.base:
         return None
-    task = tasks.get(cfg.task)
-    key = teacher_cache._digest(
-        {
-            "base": teacher_cache.model_identity(ft.base),
-            "data": teacher_cache.features_fingerprint(task, cfg.data, ft.base, place.local),
-            "ft": ft.__dict__,
-            "seed": cfg.optim.seed,
-        }
-    )
+    ft_cfg = teacher_finetune_config(cfg)
+    key = teacher_key(ft_cfg, place.local)
     target = place.local / "teachers" / key
     remote = place.shared(str(target))
     if place.remote and study_store.pull_model(remote, target):
@@ -58,15 +114,6 @@ def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
             print(f"[raykd] teacher published to {remote}", flush=True)
         return str(target)
     print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
-    ft_cfg = RaykdConfig.from_dict(
-        {
-            **cfg.to_dict(),
-            "models": {"teacher": None, "student": ft.base},
-            "optim": {**cfg.optim.__dict__, "learning_rate": ft.learning_rate,
-                      "num_epochs": ft.num_epochs, "batch_size": ft.batch_size, "eval_every_steps": None},
-            "scaling": {**cfg.scaling.__dict__, "resources_per_worker": dict(cfg.scaling.resources_per_worker)},
-        }
-    )
     from raykd import train  # the teacher is made by an ordinary fine-tuning run
 
     result = train.fit(ft_cfg, FINETUNE, name=f"teacher-{key}")

@@ -1,9 +1,14 @@
+import dataclasses
+import operator
+import typing
+
 import numpy as np
 import pytest
 import torch
 
-from raykd import losses, models, tasks, teacher_cache
-from raykd.config import DataConfig
+from raykd import config as config_mod
+from raykd import losses, models, prepare, tasks, teacher_cache
+from raykd.config import DataConfig, OptimConfig, RaykdConfig, TeacherFinetuneConfig, with_values
 from raykd.tasks.squad import HEAD as QA_HEAD
 
 QA = tasks.get("question_answering")
@@ -142,3 +147,84 @@ def test_temporaries_of_a_dead_process_are_removed_and_logits_are_renamed_into_p
     assert not list(prep.root.glob("teacher-*")) and not _leftovers(tmp_path)
     prep, computed = teacher_cache.prepare_teacher_logits(prep, teacher, _counting([]))
     assert computed and (prep.root / prep.teacher_file).is_file() and not _leftovers(tmp_path)
+
+
+# --- the key of the teacher raykd fine-tunes (no training here) --------------------------------
+
+# Fine-tuning settings that teacher_finetune gives the teacher's run in place of optim's.
+FROM_TEACHER_FINETUNE = {"optim.learning_rate", "optim.num_epochs", "optim.batch_size", "optim.eval_every_steps"}
+# What the fine-tune reads: every optim field it inherits, teacher_finetune's, the global batch
+# (workers), the precision (and the device that decides "auto"), the features, the checkpoint metric.
+READ_BY_THE_FINETUNE = (
+    [f"optim.{f.name}" for f in dataclasses.fields(OptimConfig)
+     if f"optim.{f.name}" not in FROM_TEACHER_FINETUNE and f"optim.{f.name}" not in prepare.NOT_IN_TEACHER_KEY]
+    + [f"models.teacher_finetune.{f.name}" for f in dataclasses.fields(TeacherFinetuneConfig) if f.name != "base"]
+    + ["scaling.num_workers", "scaling.use_gpu", "data.max_length", "data.max_train_samples", "search.metric"]
+)
+
+
+def _ft_cfg(tiny_models, **flat):
+    cfg = RaykdConfig.from_dict({
+        "data": {"synthetic": True, "synthetic_train_size": 24, "synthetic_eval_size": 8, "max_length": 64,
+                 "doc_stride": 24},
+        "models": {"teacher": None, "student": str(tiny_models["distilbert"]),
+                   "teacher_finetune": {"base": str(tiny_models["bert"])}},
+    })
+    return with_values(cfg, flat)
+
+
+def _other(dotted: str, value):
+    """A valid value of ``dotted`` other than ``value``."""
+    special = {"search.metric": "eval_exact_match", "data.max_train_samples": 10}
+    if dotted in special:
+        return special[dotted]
+    tp = config_mod.field_type(dotted)
+    if typing.get_origin(tp) is typing.Literal:
+        return next(v for v in typing.get_args(tp) if v != value)
+    if isinstance(value, bool):
+        return not value
+    return value + 1 if isinstance(value, int) else value / 2
+
+
+def _key(cfg, cache_dir):
+    return prepare.teacher_key(prepare.teacher_finetune_config(cfg), cache_dir)
+
+
+@pytest.fixture(scope="module")
+def base_key(tmp_path_factory, tiny_models):
+    cache = tmp_path_factory.mktemp("teacher-key")
+    return cache, _key(_ft_cfg(tiny_models), cache)
+
+
+@pytest.mark.parametrize("dotted", READ_BY_THE_FINETUNE)
+def test_every_setting_the_teacher_finetune_reads_changes_its_key(tiny_models, base_key, dotted):
+    cache, key = base_key
+    cfg = _ft_cfg(tiny_models)
+    section, _, leaf = dotted.rpartition(".")
+    value = getattr(operator.attrgetter(section)(cfg), leaf)
+    assert _key(with_values(cfg, {dotted: _other(dotted, value)}), cache) != key
+
+
+def test_the_base_model_is_keyed_by_its_files(tiny_models, base_key, tmp_path):
+    cache, key = base_key
+    other = str(tiny_models["distilbert"])
+    assert _key(_ft_cfg(tiny_models, **{"models.teacher_finetune.base": other}), cache) != key
+    import shutil
+
+    moved = shutil.copytree(tiny_models["bert"], tmp_path / "moved")  # the same files elsewhere
+    assert _key(_ft_cfg(tiny_models, **{"models.teacher_finetune.base": str(moved)}), cache) == key
+
+
+@pytest.mark.parametrize("flat", [
+    {"optim.learning_rate": 1e-3, "optim.num_epochs": 5.0, "optim.batch_size": 4},  # teacher_finetune's are used
+    {"optim.eval_batch_size": 7, "scaling.torch_threads": 1, "scaling.max_failures": 2},
+    {"search.num_samples": 3, "search.name": "other", "tracking.experiment_name": "x", "latency.runs": 5},
+    {"distill.temperature": 4.0, "models.student": "elsewhere", "models.init_from_teacher_layers": [0]},
+])
+def test_what_cannot_change_the_teacher_keeps_its_key(tiny_models, base_key, flat):
+    cache, key = base_key
+    assert _key(_ft_cfg(tiny_models, **flat), cache) == key
+
+
+def test_what_the_key_leaves_out_are_settings():
+    assert set(prepare.NOT_IN_TEACHER_KEY) <= set(config_mod.all_keys())
