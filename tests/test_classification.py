@@ -121,6 +121,30 @@ def test_accuracy_and_binary_f1_by_hand():
     assert three["eval_f1"] == pytest.approx(100 * 7 / 9) and three["eval_accuracy"] == pytest.approx(75.0)
 
 
+@pytest.mark.parametrize("num_labels", [3, 4, 5])
+def test_macro_f1_is_scikit_learns(num_labels):
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(num_labels)
+    cases = [(rng.integers(0, num_labels, n), rng.integers(0, num_labels, n)) for n in (1, 7, 40, 200)]
+    # The last class neither labelled nor predicted: left out of the mean, as scikit-learn does.
+    cases.append((rng.integers(0, num_labels - 1, 30), rng.integers(0, num_labels - 1, 30)))
+    assert num_labels - 1 not in np.union1d(*cases[-1])
+    for pred, gold in cases:
+        expected = 100 * f1_score(gold, pred, average="macro", zero_division=0)
+        assert classification.scores(pred, gold, num_labels)["eval_f1"] == pytest.approx(expected)
+
+
+def test_binary_f1_is_scikit_learns_f1_of_class_1():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    for n in (1, 9, 100):
+        pred, gold = rng.integers(0, 2, n), rng.integers(0, 2, n)
+        expected = 100 * f1_score(gold, pred, average="binary", zero_division=0)
+        assert classification.scores(pred, gold, 2)["eval_f1"] == pytest.approx(expected)
+
+
 def test_logits_mask_and_hard_loss_of_a_classifier(tiny_classifier):
     model = models.load_model(str(tiny_classifier), CLS.head(RaykdConfig(task="classification")))
     batch = {"input_ids": torch.randint(1000, 2000, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long),

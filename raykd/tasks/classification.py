@@ -33,7 +33,8 @@ def head(num_labels: int) -> Head:
 
 
 def scores(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-    """Accuracy and F1 in percent: F1 of class 1 for two classes, else the mean over classes."""
+    """Accuracy and F1 in percent: F1 of class 1 for two classes, else macro-F1: the mean over the
+    classes that occur in the labels or the predictions (scikit-learn's ``average="macro"``)."""
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     accuracy = float((predictions == labels).mean()) if len(labels) else 0.0
 
@@ -43,7 +44,13 @@ def scores(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict
         fn = float(((predictions != c) & (labels == c)).sum())
         return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
-    f = f1(1) if num_labels == 2 else float(np.mean([f1(c) for c in range(num_labels)]))
+    if num_labels == 2:
+        f = f1(1)
+    else:
+        # A class neither predicted nor labelled has no F1: counting it as 0 would lower the score
+        # of an evaluation set that lacks a class, whatever the model does.
+        present = np.union1d(predictions, labels)
+        f = float(np.mean([f1(int(c)) for c in present])) if len(present) else 0.0
     return {ACCURACY: 100.0 * accuracy, F1: 100.0 * f}
 
 
