@@ -81,7 +81,10 @@ def upload(local: Path, location: str) -> None:
     fs, path = filesystem(location)
     if local.is_dir():
         fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    # Single-threaded, as Ray Train uploads: a threaded copy_files to S3 hangs once there are more
+    # files than IO threads (apache/arrow#15233, fixed in pyarrow 19, which pyproject requires).
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs,
+                    use_threads=False)
 
 
 def download(location: str, local: Path) -> None:
@@ -94,7 +97,9 @@ def download(location: str, local: Path) -> None:
         local.mkdir(parents=True, exist_ok=True)
     else:
         local.parent.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    # Threaded: the hang is in uploads (background writes); Ray Train downloads threaded too.
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(),
+                    use_threads=True)
 
 
 @contextlib.contextmanager
