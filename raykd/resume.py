@@ -9,8 +9,11 @@ setting (the resolved config, flat by dotted key), what it planned (rounds, firs
 costs) and what its study is (features, teacher, teacher logits); ``--resume`` compares and
 refuses the first difference, naming the key with its old and new value.
 
-What may change on resume is listed in :data:`MAY_CHANGE`: where the tracking server is, what
-happens after the search, and how workers are placed. Nothing else, ``search.num_samples``
+What may change on resume is listed in :data:`MAY_CHANGE`: settings that neither change what a
+trial computes nor are restored with the experiment (where the tracking server is, what is
+registered after the search, where workers are placed). Everything else is refused, settings
+that a resume would apply only in part included (the number of trials, checkpoints kept, the
+MLflow experiment) and ``scaling.cpus_per_worker`` (it sets the workers' torch threads). Nothing else, ``search.num_samples``
 included: Tune restores its trial count with the experiment, so a new value would silently not
 apply.
 """
@@ -18,10 +21,11 @@ apply.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from raykd import storage
-from raykd.config import RaykdConfig, storage_root
+from raykd.config import RaykdConfig, all_keys, storage_root
 from raykd.errors import UserError
 
 RECORD_FILE = "raykd_resume.json"
@@ -32,10 +36,15 @@ MAY_CHANGE = {
     "tracking.tracking_uri": "where runs are logged, not what they hold",
     "tracking.register_best": "what happens after the search",
     "tracking.registered_model_name": "what happens after the search",
-    "scaling.cpus_per_worker": "how workers are placed",
     "scaling.resources_per_worker": "how workers are placed",
     "scaling.max_failures": "how often a failed worker group restarts from its checkpoint",
 }
+
+
+# Settings that name files or folders: a local one counts as its absolute form (``./data`` and
+# the same folder spelled in full are one file).
+PATHS = {"data.train_file", "data.validation_file", "data.cache_dir", "models.teacher", "models.student",
+         "models.init_from", "models.teacher_finetune.base", "search.storage_path"}
 
 
 def _plain(value: Any) -> Any:
@@ -43,15 +52,25 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+def _path(key: str, value: Any) -> Any:
+    if key in PATHS and isinstance(value, str) and not storage.is_remote(value) and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
+
+
+# A section is split into its settings; a setting that holds a mapping (the space,
+# scaling.resources_per_worker) is one value.
+_SECTIONS = {k for k in all_keys() if k.count(".") < 2 and any(o.startswith(k + ".") for o in all_keys())}
+
+
 def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         dotted = f"{prefix}.{key}" if prefix else key
-        # The space is compared as one value: its keys are dotted names themselves.
-        if isinstance(value, dict) and value and dotted != "space":
+        if isinstance(value, dict) and dotted in _SECTIONS:
             out.update(_flat(value, dotted))
         else:
-            out[dotted] = _plain(value)
+            out[dotted] = _plain(_path(dotted, value))
     return out
 
 
@@ -65,13 +84,13 @@ def fingerprint(cfg: RaykdConfig, plan: dict[str, Any] | None = None,
     return out
 
 
-def _path(cfg: RaykdConfig) -> str:
+def _record_file(cfg: RaykdConfig) -> str:
     return storage.join(storage_root(cfg), cfg.search.name, RECORD_FILE)
 
 
 def record(cfg: RaykdConfig, plan: dict[str, Any], study: dict[str, Any]) -> None:
     """Written when a search starts (not on resume)."""
-    storage.write_text(_path(cfg), json.dumps({"format": FORMAT, "settings": fingerprint(cfg, plan, study)},
+    storage.write_text(_record_file(cfg), json.dumps({"format": FORMAT, "settings": fingerprint(cfg, plan, study)},
                                               indent=1, sort_keys=True))
 
 
@@ -82,13 +101,13 @@ def check(cfg: RaykdConfig, plan: dict[str, Any] | None = None, study: dict[str,
     space too: a latency budget narrows it after the costs are measured."""
     where = cfg.source or "config"
     try:
-        saved = json.loads(storage.read_text(_path(cfg)) or "null")
+        saved = json.loads(storage.read_text(_record_file(cfg)) or "null")
     except ValueError:
         saved = None
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise UserError(f"{where}: --resume: {cfg.search.name} has no readable record of the settings it started "
-                        "with (it was started by an older raykd, or the record is damaged), so a resume cannot be "
-                        "checked to run the same search; start a new search.name")
+                        "with, so a resume cannot be checked to run the same search (its trials never started, or "
+                        "an older raykd started it); pass --overwrite to start it afresh, or use a new search.name")
     old, now = saved["settings"], fingerprint(cfg, plan, study)
     # Plan and study keys are compared once they are known (the second call).
     early = plan is None and study is None

@@ -148,7 +148,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     if resume:
         from raykd import resume as resume_check
 
-        resume_check.check(cfg)  # a changed teacher or data file is refused before anything is prepared
+        resume_check.check(cfg)  # a changed setting (a teacher, a data path) is refused before Ray starts
     archs = None
     if objective.needs_costs(cfg):
         from raykd import onnx_export
@@ -188,6 +188,15 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
           + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
+    # Before anything is logged: a resume with another plan or study (data or teacher files whose
+    # contents changed) is refused here, and a new search records what it runs.
+    from raykd import resume as resume_check
+
+    planned, studied = search_mod.plan_record(the_plan), search_mod.study_record(study)
+    if resume:
+        resume_check.check(cfg, planned, studied)
+    else:
+        resume_check.record(cfg, planned, studied)
     callbacks, parent = [], None
     if tracker:
         uri = tracker.resolve_uri(cfg, tracking_uri)

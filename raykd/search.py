@@ -37,7 +37,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raykd import architectures, errors, objective, pareto, spaces, storage, teacher_cache, train
-from raykd import resume as resume_check
 from raykd.checkpoints import META_FILE
 from raykd.config import COSTS, DISTILL, RaykdConfig, storage_root, with_values
 from raykd.errors import TrialFailed, UserError
@@ -224,6 +223,8 @@ class ResumableASHA(ASHAScheduler):
             self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
             self._num_stopped = saved["num_stopped"]
             self._stopped, self._score = saved["stopped"], saved["score"]
+            for trial_id, round_ in self._stopped.items():
+                write_stopped(self._stopped_uri, trial_id, round_)
 
     def _save(self) -> None:
         fs, path = storage.filesystem(self._state_uri)
@@ -261,8 +262,11 @@ class ResumableASHA(ASHAScheduler):
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP:
             self._stopped[trial.trial_id] = int(result.get(self._round_attr, 0))
-            write_stopped(self._stopped_uri, trial.trial_id, self._stopped[trial.trial_id])
+        # The rungs first, then the marker: a kill between the two leaves a stop the restored
+        # rungs know of, and __setstate__ writes its marker.
         self._save()
+        if decision == self.STOP:
+            write_stopped(self._stopped_uri, trial.trial_id, self._stopped[trial.trial_id])
         return decision
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
@@ -616,11 +620,6 @@ def run_search(cfg: RaykdConfig, study: Study, the_plan: Plan, callbacks: list |
                resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the search; returns the summary (also written to <experiment>/summary.json)."""
     params = spaces.parse(cfg.space, cfg.source)
-    planned, studied = plan_record(the_plan), study_record(study)
-    if resume:
-        resume_check.check(cfg, planned, studied)
-    else:
-        resume_check.record(cfg, planned, studied)
     setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
     with _hangup_is_ctrl_c():
         grid = setup.tuner.fit()

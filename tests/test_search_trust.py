@@ -11,7 +11,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from raykd import resume, search
-from raykd.config import RaykdConfig, with_values
+from raykd.config import RaykdConfig, all_keys, with_values
 from raykd.errors import UserError
 from raykd.fair_stopping import ArchitectureOf, PerArchitectureScheduler, key_of_values
 
@@ -99,8 +99,7 @@ def test_rounds_past_the_stop_enter_neither_the_summary_nor_the_checkpoints(tmp_
         (ckpt / search.META_FILE).write_text(json.dumps({"round": r, "eval_f1": f1}))
 
     class Result:
-        config, error, path = {}, None, str(tmp_path / "A")
-        metrics = {"trial_id": "A"}
+        config, error, path, metrics = None, None, str(tmp_path / "A"), None
         metrics_dataframe = pd.DataFrame([{"round": r, "eval_f1": f, "final": False,
                                            "checkpoint_path": str(runs / "A" / f"checkpoint_{r:06d}")}
                                           for r, f in ((1, 10.0), (2, 20.0), (3, 90.0))])
@@ -155,11 +154,20 @@ def test_a_resume_with_another_study_or_plan_is_refused(tmp_path):
         resume.check(narrowed, PLAN, STUDY)
 
 
-def test_what_a_resume_may_change(tmp_path):
+def test_what_a_resume_may_change(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     resume.record(_cfg(tmp_path), PLAN, STUDY)
-    resume.check(_cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000",
-                                   "scaling.max_failures": 2, "tracking.register_best": False}), PLAN, STUDY)
-    assert set(resume.MAY_CHANGE) <= set(resume.fingerprint(_cfg(tmp_path))) | set(resume.MAY_CHANGE)
+    resume.check(_cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000", "scaling.max_failures": 2,
+                                   "tracking.register_best": False,
+                                   "scaling.resources_per_worker": {"node_a": 1}}), PLAN, STUDY)
+    # A local path counts as its absolute form.
+    data = tmp_path / "train.json"
+    data.write_text("{}")
+    resume.record(_cfg(tmp_path, **{"data.train_file": str(data)}), PLAN, STUDY)
+    resume.check(_cfg(tmp_path, **{"data.train_file": "./train.json"}), PLAN, STUDY)
+    # Every key that may change is a setting, and none is in the fingerprint.
+    fp = resume.fingerprint(_cfg(tmp_path))
+    assert set(resume.MAY_CHANGE) <= set(all_keys()) and not set(resume.MAY_CHANGE) & set(fp)
 
 
 def test_a_search_without_a_record_is_not_resumed_on_a_guess(tmp_path):
