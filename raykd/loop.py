@@ -7,11 +7,15 @@ the mask, the hard loss and the scores; fine-tuning arrives as a config with alp
 Each evaluation round reports the task's scores (the objective, e.g. ``eval_f1`` or
 ``eval_accuracy``, first), the train losses, learning rate, samples/s and ``round`` (ASHA's time
 unit, which survives resumes) through ``ray.train.report`` with a checkpoint in
-``save_pretrained`` format plus the training state (:mod:`raykd.checkpoints`).
+``save_pretrained`` format plus the training state (:mod:`raykd.checkpoints`): optimizer,
+scheduler, counters, where the data is (epoch and micro-batches of it trained on), every worker's
+RNG states and the GradScaler's, so that a resumed run continues exactly as if never stopped (same
+data order, same dropout masks).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -31,6 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from raykd import losses, models, objective, tasks, teacher_cache
 from raykd.checkpoints import META_FILE, STATE_FILE
+from raykd.config import OptimConfig
 from raykd.console import duration
 from raykd.errors import TrialFailed
 from raykd.runspec import RunSpec
@@ -61,6 +66,56 @@ class _Features(torch.utils.data.Dataset):
         return item
 
 
+class EpochSampler(torch.utils.data.DistributedSampler):
+    """One worker's rows of the training set in an epoch's order (torch's DistributedSampler: a
+    permutation seeded by ``seed + epoch``, padded so every worker gets as many rows, worker r taking
+    every world-th), from row ``start`` of that order: a resumed run skips the rows it already
+    trained on in that epoch without loading them. A DistributedSampler, so that nothing replaces it
+    with one of its own seed."""
+
+    def __init__(self, n_rows: int, world: int, rank: int, seed: int):
+        super().__init__(range(n_rows), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+def train_loader(dataset: torch.utils.data.Dataset, opt: OptimConfig, world: int, rank: int
+                 ) -> torch.utils.data.DataLoader:
+    """The training data of worker ``rank`` of ``world``: batches of ``optim.batch_size`` in the
+    order ``optim.seed`` gives (see :class:`EpochSampler`; the loop sets its epoch and position)."""
+    # Starting an iterator draws a seed from the loader's generator, or from the global RNG that
+    # dropout uses when it has none: its own keeps dropout's stream the same across a resume.
+    generator = torch.Generator()
+    generator.manual_seed(opt.seed)
+    return torch.utils.data.DataLoader(dataset, batch_size=opt.batch_size, generator=generator,
+                                       sampler=EpochSampler(len(dataset), world, rank, opt.seed))
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (Python, NumPy, torch CPU, CUDA when there is one)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @dataclass
 class LoopState:
     """The loop's counters: where the run is (saved in every checkpoint, restored on resume), its
@@ -68,6 +123,9 @@ class LoopState:
 
     step: int = 0
     round: int = 0
+    # Where the data is: the epoch, and the micro-batches of it trained on so far.
+    epoch: int = 0
+    micro: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LOSS_TERMS, 0.0))
     n_micro: int = 0
@@ -115,10 +173,21 @@ class LoopState:
         left = (total_steps - self.step) * spent / max(self.step - self.run_step0, 1)
         return f", {duration(spent)} elapsed, ETA {duration(left)}"
 
-    def restore(self, saved: dict[str, Any]) -> None:
+    def restore(self, saved: dict[str, Any], steps_per_epoch: int = 1, accum: int = 1) -> None:
         self.step, self.round = saved["step"], saved["round"]
         self.history = list(saved.get("history", []))
         self.run_step0 = self.step
+        if "epoch" in saved:
+            self.epoch, self.micro = saved["epoch"], saved["micro"]
+        else:
+            # A checkpoint written before the data position was saved: every epoch trains on
+            # steps_per_epoch whole optimizer steps, so the step says where the data is.
+            self.epoch, self.micro = self.step // steps_per_epoch, self.step % steps_per_epoch * accum
+
+    def saved(self) -> dict[str, Any]:
+        """The counters a checkpoint carries."""
+        return {"step": self.step, "round": self.round, "history": self.history, "epoch": self.epoch,
+                "micro": self.micro}
 
 
 
@@ -149,7 +218,8 @@ class Recipe:
 
     # --- setup --------------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, checkpoint: ray.train.Checkpoint | None = None) -> None:
+        """``checkpoint``: the run's latest (Train's ``get_checkpoint()``), to resume from."""
         cfg, opt, dist, task = self.cfg, self.cfg.optim, self.cfg.distill, self.task
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -167,7 +237,6 @@ class Recipe:
         prepared = teacher_cache.Prepared(Path(study.prepared), study.teacher_file)
         self.tokenizer = models.load_tokenizer(study.tokenizer)
         head = task.head(cfg)
-        checkpoint = ray.train.get_checkpoint()
         saved = None
         if checkpoint:
             ckpt_dir = tempfile.mkdtemp(prefix="raykd-resume-")
@@ -187,11 +256,10 @@ class Recipe:
 
         self.train_ds = _Features(prepared.train(), INPUTS + task.train_columns,
                                   prepared.teacher_logits() if self.cached else None)
-        self.generator = torch.Generator()
-        self.generator.manual_seed(opt.seed)
-        loader = torch.utils.data.DataLoader(self.train_ds, batch_size=opt.batch_size, shuffle=True,
-                                             generator=self.generator)
-        self.loader = ray.train.torch.prepare_data_loader(loader)
+        # Not ray.train.torch.prepare_data_loader: its sampler's seed is always 0 (optim.seed would
+        # not reach the data order), and the loop moves batches to the device itself.
+        self.loader = train_loader(self.train_ds, opt, self.world, self.rank)
+        self.sampler: EpochSampler = self.loader.sampler
         self.steps_per_epoch, self.total_steps, every = schedule(cfg, len(self.train_ds), self.world)
         self.evals = eval_points(self.total_steps, every, self.spec.eval_rounds)
         self.planned = max(self.evals.values())
@@ -209,12 +277,26 @@ class Recipe:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(opt.warmup_ratio * self.total_steps),
                                                          self.total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        if saved:
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            self.state.restore(saved)
         self.eval_features = prepared.eval() if self.rank == 0 else None
         self.examples = prepared.examples() if self.rank == 0 else None
+        if saved:
+            self.restore(saved)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """A checkpoint's training state, the RNG states last: nothing else may draw from them
+        before training goes on. A state file without the data position, RNG or scaler states (an
+        older raykd) still loads; the run then goes on with fresh RNG streams."""
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state.restore(saved, self.steps_per_epoch, self.cfg.optim.grad_accum_steps)
+        if saved.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
+        rngs = saved.get("rng")
+        if rngs and len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+        elif rngs and self.rank == 0:
+            sys.stdout.write(f"{self.label} the checkpoint holds the RNG states of {len(rngs)} worker(s), not "
+                             f"{self.world}: dropout and data draws will differ from an uninterrupted run\n")
 
     # --- the loss step ------------------------------------------------------------------------
 
@@ -245,20 +327,16 @@ class Recipe:
     def train(self) -> None:
         opt, st = self.cfg.optim, self.state
         accum = opt.grad_accum_steps
+        # An epoch trains on whole optimizer steps: a tail shorter than one is left out.
+        per_epoch = self.steps_per_epoch * accum
         self.model.train()
         st.start()
-        micro = 0
-        epoch = st.step // self.steps_per_epoch
-        skip = (st.step % self.steps_per_epoch) * accum  # micro-batches already seen this epoch
         while st.step < self.total_steps:
-            if self.world > 1:
-                self.loader.sampler.set_epoch(epoch)
-            self.generator.manual_seed(opt.seed + epoch)
-            for b, batch in enumerate(self.loader):
-                if b < skip:
-                    continue
-                if b >= self.steps_per_epoch * accum:
-                    break
+            if st.micro >= per_epoch:
+                st.epoch, st.micro = st.epoch + 1, 0
+            self.sampler.set_position(st.epoch, st.micro * opt.batch_size)
+            before = st.micro
+            for batch in self.loader:
                 batch = self.task.trim({k: v.to(self.device) for k, v in batch.items()})
                 parts = self.loss_step(batch)
                 values = {k: float(parts[k].detach()) for k in LOSS_TERMS}
@@ -273,18 +351,21 @@ class Recipe:
                         f"alpha_ce {d.alpha_ce:g}, alpha_hard {d.alpha_hard:g}, precision {opt.precision}")
                 self.scaler.scale(parts["loss"] / accum).backward()
                 st.add(values, len(batch["input_ids"]))
-                micro += 1
-                if micro % accum:
-                    continue
-                self._optimizer_step()
-                if st.step in self.evals:
-                    self.report(self.evals[st.step], final=st.step >= self.total_steps)
-                    st.next_window()
-                    self.model.train()
-                if st.step >= self.total_steps:
+                st.micro += 1
+                if st.micro % accum == 0:
+                    self._optimizer_step()
+                    if st.step in self.evals:
+                        self.report(self.evals[st.step], final=st.step >= self.total_steps)
+                        st.next_window()
+                        self.model.train()
+                    if st.step >= self.total_steps:
+                        return
+                if st.micro >= per_epoch:
                     break
-            skip = 0
-            epoch += 1
+            if st.micro < per_epoch:
+                # schedule() counted these batches: a loader that yields fewer would loop forever.
+                raise RuntimeError(f"the training data ran out after {st.micro - before} batches at micro-batch "
+                                   f"{st.micro} of epoch {st.epoch}, which has {per_epoch}")
 
     def _optimizer_step(self) -> None:
         self.scaler.unscale_(self.optimizer)
@@ -302,7 +383,8 @@ class Recipe:
         st.round = rnd
         metrics: dict[str, Any] = {
             # Where this run's rank 0 ran (which node of a cluster), for the record.
-            "node_id": ray.get_runtime_context().get_node_id(),
+            # (None in Train's local mode, which runs without Ray: asking would start one.)
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "round": rnd,
             # True on the run's last round: a trial whose last result is not final was stopped early.
             "final": final,
@@ -315,14 +397,18 @@ class Recipe:
             # Its architecture's measured serving costs, in a Pareto search.
             **self.spec.costs,
         }
+        if self.rank == 0:
+            t0 = time.perf_counter()
+            scores = self.task.evaluate(self.model, self.eval_features, self.examples, self.cfg.data,
+                                        self.cfg.optim.eval_batch_size, self.device, self.amp_dtype)
+            st.seconds["eval"] += time.perf_counter() - t0
+        # After the evaluation, as training goes on from here: every worker's RNG states, for rank
+        # 0's checkpoint.
+        rngs = self._gather(rng_state())
         if self.rank != 0:
             # Every worker reports (it is a barrier); only rank 0's metrics and checkpoint are kept.
             ray.train.report({**metrics, **dict.fromkeys(self.task.score_keys(), 0.0)}, checkpoint=None)
             return
-        t0 = time.perf_counter()
-        scores = self.task.evaluate(self.model, self.eval_features, self.examples, self.cfg.data,
-                                    self.cfg.optim.eval_batch_size, self.device, self.amp_dtype)
-        st.seconds["eval"] += time.perf_counter() - t0
         metrics.update(scores)
         metrics.update(st.timings())
         shown = " ".join(f"{label}={scores[key]:.2f}" for key, label in objective.scores(self.cfg))
@@ -334,9 +420,17 @@ class Recipe:
         # Every checkpoint carries the run's metric history, so the driver can log all rounds from
         # the latest checkpoint alone (Train V2 results hold only the last report).
         st.history.append(metrics)
-        self.save_checkpoint(metrics)
+        self.save_checkpoint(metrics, rngs)
 
-    def save_checkpoint(self, metrics: dict[str, Any]) -> None:
+    def _gather(self, value: Any) -> list[Any]:
+        """``value`` of every worker, in rank order (a collective: every worker calls it)."""
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    def save_checkpoint(self, metrics: dict[str, Any], rngs: list[dict[str, Any]]) -> None:
         """Data safety: the checkpoint is written whole into a private temporary folder (every file
         closed, the metrics file last) before ray.train.report, which copies it into storage under
         Train's own name and registers it only once copied; a copy cut short is never a checkpoint
@@ -345,17 +439,24 @@ class Recipe:
         st = self.state
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
-            models.save_pretrained(self.model, self.tokenizer, d)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "step": st.step, "round": st.round, "history": st.history}, Path(d) / STATE_FILE)
-            (Path(d) / META_FILE).write_text(json.dumps({**metrics, "history": st.history}))
+            self.write_checkpoint(d, metrics, rngs)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         st.seconds["checkpoint"] += time.perf_counter() - t0
+
+    def write_checkpoint(self, folder: str, metrics: dict[str, Any], rngs: list[dict[str, Any]]) -> None:
+        """The model, the training state (:meth:`restore` reads it) and the metrics file, last."""
+        models.save_pretrained(self.model, self.tokenizer, folder)
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 **self.state.saved(), "rng": rngs}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        torch.save(state, Path(folder) / STATE_FILE)
+        (Path(folder) / META_FILE).write_text(json.dumps({**metrics, "history": self.state.history}))
 
 
 def train_loop_per_worker(config: dict[str, RunSpec]) -> None:
     """Ray Train's entry point. Train wants a dict (it records it as JSON); the run travels in it
     as one typed :class:`~raykd.runspec.RunSpec`."""
     recipe = Recipe(config["spec"])
-    recipe.setup()
+    recipe.setup(ray.train.get_checkpoint())
     recipe.train()
