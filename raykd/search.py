@@ -44,7 +44,7 @@ from raykd.fair_stopping import PerArchitectureScheduler
 from raykd.objective import MODE
 from raykd.prepare import prepare_study
 from raykd.runspec import RunSpec, Study
-from raykd.schedule import expected_rounds
+from raykd.schedule import check_accumulation, expected_rounds
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
 TRAIN_RUNS = "train_runs"
@@ -478,6 +478,11 @@ def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, wa
     barely trained student say little about where it ends. An explicit grace period wins, with a
     warning when it falls inside warm-up; one past the rounds is refused."""
     s = cfg.search
+    # The corner of the space with the fewest batches per epoch and the longest accumulation:
+    # a trial there whose optimizer step needs more than an epoch is refused before any trial runs.
+    worst = {k: int(spaces.largest(params, cfg, k))
+             for k in ("optim.grad_accum_steps", "optim.batch_size", "scaling.num_workers")}
+    check_accumulation(with_values(cfg, worst), n_train_features)
     rounds = s.rounds or expected_rounds(cfg, n_train_features)
     warm = spaces.largest(params, cfg, "optim.warmup_ratio")
     if s.grace_period is not None:

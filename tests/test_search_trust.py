@@ -173,3 +173,16 @@ def test_what_a_resume_may_change(tmp_path, monkeypatch):
 def test_a_search_without_a_record_is_not_resumed_on_a_guess(tmp_path):
     with pytest.raises(UserError, match="no readable record"):
         resume.check(_cfg(tmp_path))
+
+
+def test_a_space_whose_accumulation_outlasts_an_epoch_is_refused_before_any_trial():
+    """160 features in batches of 16 give one worker 10 batches an epoch: a searched
+    grad_accum_steps of 11 would take one step per epoch over fewer micro-batches than asked."""
+    from raykd import spaces
+
+    cfg = RaykdConfig.from_dict({"optim": {"batch_size": 16}, "search": {"rounds": 2}}, source="s.yaml")
+    ok = spaces.parse({"optim.grad_accum_steps": {"type": "choice", "values": [1, 10]}}, "s.yaml")
+    search.plan(cfg, ok, 160)
+    bad = spaces.parse({"optim.grad_accum_steps": {"type": "choice", "values": [1, 11]}}, "s.yaml")
+    with pytest.raises(UserError, match=r"optim.grad_accum_steps \(11\)"):
+        search.plan(cfg, bad, 160)
