@@ -104,7 +104,9 @@ def rng_state() -> dict[str, Any]:
     """This process's RNG states (Python, NumPy, torch CPU, CUDA when there is one)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # The current device's only: workers of a node see all its GPUs, and a resume may place
+        # a worker on another one.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -113,7 +115,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 @dataclass
@@ -397,14 +399,16 @@ class Recipe:
             # Its architecture's measured serving costs, in a Pareto search.
             **self.spec.costs,
         }
+        # Every worker's RNG states, for rank 0's checkpoint, gathered while the workers are in
+        # step: the others would otherwise wait for rank 0's evaluation inside the collective,
+        # whose timeout (Train's process group, 30 min) a long evaluation can pass.
+        rngs = self._gather(rng_state())
         if self.rank == 0:
             t0 = time.perf_counter()
             scores = self.task.evaluate(self.model, self.eval_features, self.examples, self.cfg.data,
                                         self.cfg.optim.eval_batch_size, self.device, self.amp_dtype)
             st.seconds["eval"] += time.perf_counter() - t0
-        # After the evaluation, as training goes on from here: every worker's RNG states, for rank
-        # 0's checkpoint.
-        rngs = self._gather(rng_state())
+            rngs[0] = rng_state()  # as training goes on from here, after the evaluation
         if self.rank != 0:
             # Every worker reports (it is a barrier); only rank 0's metrics and checkpoint are kept.
             ray.train.report({**metrics, **dict.fromkeys(self.task.score_keys(), 0.0)}, checkpoint=None)
