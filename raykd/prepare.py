@@ -167,7 +167,7 @@ def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | Non
     if need_logits is None:
         need_logits = cfg.distill.alpha_ce > 0
     if mode == DISTILL and cfg.distill.teacher_mode == "cached" and need_logits:
-        compute = _remote_compute(place.shared(str(prepared.root)), place.shared(teacher))
+        compute = _remote_compute(place.shared(str(prepared.root)), place.shared(teacher), cfg)
         prepared, computed = teacher_cache.prepare_teacher_logits(prepared, teacher, compute=compute)
         info["teacher_logits_computed"] = computed
         if remote:
@@ -180,20 +180,50 @@ def prepare_study(cfg: RaykdConfig, mode: str = DISTILL, need_logits: bool | Non
     return study, info
 
 
-def _teacher_logits_task(teacher: str, prepared: str) -> np.ndarray:
-    """On a GPU node: fetch the teacher and the training features there, run the teacher."""
+def _teacher_logits_task(teacher: str, prepared: str, device: str = "cuda") -> np.ndarray:
+    """On the node Ray picked (a GPU node, or one that runs trial workers): fetch the teacher and
+    the training features there, run the teacher."""
     local = Study(prepared, None, teacher, teacher).on_this_node(items=("train",))
-    return teacher_cache.compute_teacher_logits(local.teacher, local.prepared, 256, "cuda")
+    return teacher_cache.compute_teacher_logits(local.teacher, local.prepared, 256 if device == "cuda" else 64, device)
 
 
-def _remote_compute(prepared: str, teacher: str):
-    """Teacher logits as a Ray task on a GPU when the cluster has one; else in this process.
-    The task gets the study's shared names (URIs when it is published), not the driver's paths."""
-    if not ray.is_initialized() or ray.cluster_resources().get("GPU", 0) < 1:
+def _remote_compute(prepared: str, teacher: str, cfg: RaykdConfig | None = None):
+    """How the teacher's logits are computed, said in one console line when they are. A Ray task
+    with a GPU whenever the cluster can ever have one (an autoscaler at its largest included: the
+    queued task is what makes it add a GPU node); on a CPU only when it never can. A CPU task
+    asks for what one trial worker asks for (``scaling.cpus_per_worker`` and its
+    ``resources_per_worker``) when those name custom resources: they mark the nodes trial
+    workers run on, which the head may not be (and an autoscaler adds such a node for it); without
+    them, in this process. The task gets the study's shared names (URIs when it is published),
+    not the driver's paths."""
+    if not ray.is_initialized():
         return None
+    from raykd import train  # Ray Train: only once Ray is up
+
+    largest = train.cluster_at_largest()
+    if largest is None:
+        # An autoscaler that does not say how large it grows: a GPU only when trials use one (a
+        # GPU task on a cluster that never gets one would wait forever).
+        gpu = cfg is not None and cfg.scaling.use_gpu
+        why = "the autoscaler does not say whether it can add one, and scaling.use_gpu is false"
+    else:
+        gpu = largest.get("GPU", 0) >= 1
+        why = "the cluster can never have one"
+    custom = {k: v for k, v in (cfg.scaling.resources_per_worker if cfg else {}).items() if k != "GPU"}
+    options, device = {"num_gpus": 1}, "cuda"
+    if gpu:
+        line = "on a GPU, as a Ray task (an autoscaling cluster starts a GPU node for it)"
+    elif custom:
+        options, device = {"num_cpus": cfg.scaling.cpus_per_worker, "resources": custom}, "cpu"
+        line = f"on a CPU, as a Ray task on a node with the trial workers' resources {custom} (no GPU: {why})"
+    else:
+        line = f"on this machine's CPU (no GPU: {why})"
 
     def compute(teacher_name: str, root: str) -> np.ndarray:
-        task = ray.remote(num_gpus=1)(_teacher_logits_task)
-        return ray.get(task.remote(teacher, prepared))
+        print(f"[raykd] teacher logits: {line}", flush=True)
+        if not gpu and not custom:
+            return teacher_cache.compute_teacher_logits(teacher_name, root)
+        task = ray.remote(**options)(_teacher_logits_task)
+        return ray.get(task.remote(teacher, prepared, device))
 
     return compute

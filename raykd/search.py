@@ -399,19 +399,30 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
 
 
 def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
-    """How many trials fit at once: every worker's resources, plus each driver's CPU sliver."""
+    """How many trials fit at once: every worker's resources, plus each driver's CPU sliver, in
+    the most the cluster can ever have (``resources``: what it has now, used when an autoscaler
+    does not say how large it grows)."""
     if cfg.search.max_concurrent_trials:
         return cfg.search.max_concurrent_trials
+    # An autoscaling cluster at its largest, not as it is now: a cold one has no worker node, and
+    # it adds nodes only for trials queued in Ray.
+    largest = train.cluster_at_largest()
+    have = largest if largest is not None else resources
     need = {k: v * cfg.scaling.num_workers for k, v in train.worker_resources(cfg).items()}
     fits = []
     for key, amount in need.items():
-        have = resources.get(key, 0.0)
         per_trial = amount + (DRIVER_CPU if key == "CPU" else 0.0)
         if amount > 0:
-            fits.append(math.floor(have / per_trial + 1e-9))
+            fits.append(math.floor(min(have.get(key, 0.0) / per_trial, 1e6) + 1e-9))
     n = min(fits) if fits else 1
+    if largest is None:
+        n = max(n, 1)  # queued, so that the autoscaler sees the demand
+        print(f"[raykd] the cluster autoscales without saying how large it grows: {n} trial(s) at a time "
+              "(set search.max_concurrent_trials for more)", flush=True)
     if n < 1:
-        raise RuntimeError(f"one trial needs {need} but the cluster has {resources}: no trial can start")
+        where = f"{cfg.source}: " if cfg.source else ""
+        raise UserError(f"{where}scaling: one trial needs {need} (+ CPU {DRIVER_CPU:g} for its driver), but the Ray "
+                        f"cluster can have at most { {k: have.get(k, 0.0) for k in need} }: no trial can ever start")
     return n
 
 

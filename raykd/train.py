@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -79,39 +80,118 @@ def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
     return resources
 
 
-def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool] | None:
-    """(the most of each resource the cluster can ever have, what each node or node type has,
-    whether it autoscales), or None when that cannot be known. An autoscaler that publishes its
-    node types (what Ray Train itself reads to refuse a worker group that can never start) is
-    judged at its largest; an autoscaler that does not (the v1 monitor) may add anything, so
-    None; a fixed cluster has what it has now."""
-    now = ray.cluster_resources()
-    nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
-    # Private APIs: without them, judge by what the cluster has now.
+def _autoscaler_status() -> dict[str, Any]:
+    """The autoscaler's last status report ({} when there is none yet)."""
+    try:
+        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        return json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
+    except Exception:  # noqa: BLE001 - a private API: without it, judge by what is up now
+        return {}
+
+
+def _published_groups() -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(the most of each resource, each node group's resources) from the cluster config an
+    autoscaler publishes in the GCS (autoscaler v2, KubeRay): what Ray Train itself reads to
+    refuse a worker group that can never start. Empty when none is published."""
     try:
         from ray._private.state import state
 
         most = state.get_max_resources_from_cluster_config() or {}
         config = state.get_cluster_config()
         groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
-    except Exception:  # noqa: BLE001
-        most, groups = {}, []
-    if not most:
-        try:
-            from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-            from ray.autoscaler._private.util import format_readonly_node_type
-            from ray.experimental.internal_kv import _internal_kv_get
+    except Exception:  # noqa: BLE001 - a private API
+        return {}, []
+    return {k: float(v) for k, v in most.items()}, groups
 
-            # A fixed cluster runs a read-only autoscaler too; its node types are named after
-            # the nodes. A real one (ray up) names them after the config's node types.
-            report = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}").get("autoscaler_report") or {}
-            mapping = report.get("node_type_mapping") or {}
-            if any(kind != format_readonly_node_type(node) for node, kind in mapping.items()):
-                return None
-        except Exception:  # noqa: BLE001, S110
-            pass
+
+def _autoscales(status: dict[str, Any]) -> bool:
+    """Whether the autoscaler that sent ``status`` may add nodes. A fixed cluster runs a read-only
+    autoscaler too; its node types are named after the nodes. A real one (``ray up``) names them
+    after the config's node types."""
+    try:
+        from ray.autoscaler._private.util import format_readonly_node_type
+    except ImportError:  # a private API: without it, judge by what is up now
+        return False
+    mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
+
+
+def _monitor_config(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The autoscaling config file the v1 autoscaler's monitor (``ray up``, the fake multi-node
+    provider) was started with. The v1 monitor publishes no node types, so the file is the only
+    account of how large the cluster may grow; it is read from the head node, where a ``ray job
+    submit`` or ``ray attach`` driver runs. None elsewhere, or when it cannot be read."""
+    import yaml
+
+    try:
+        proc = Path("/proc") / str(int(status["monitor_pid"]))
+        args = (proc / "cmdline").read_bytes().decode().split("\0")
+        flag = "--autoscaling-config="
+        path = next(a[len(flag):] for a in args if a.startswith(flag))
+        config = yaml.safe_load((proc / "cwd" / Path(path).expanduser()).read_text())
+    except Exception:  # noqa: BLE001 - another machine's monitor, no monitor, an unreadable file
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def node_types(config: dict[str, Any]) -> list[tuple[dict[str, float], int]] | None:
+    """An autoscaling config's worker node types as (resources of one node, most nodes of the
+    type), or None when a type's size is not in the file: resources left for the cloud provider
+    to fill in (``resources: {}``, as on AWS) or no max_workers anywhere."""
+    top = config.get("max_workers")
+    types = []
+    for name, kind in (config.get("available_node_types") or {}).items():
+        if name == config.get("head_node_type"):
+            continue
+        count = kind.get("max_workers", top)
+        resources = {k: float(v) for k, v in (kind.get("resources") or {}).items()}
+        if count is None or not resources:
+            return None
+        types.append((resources, int(min(count, top) if top is not None else count)))
+    return types
+
+
+def at_largest(head: dict[str, float], types: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """The head as it is, plus every worker node type at its max: an upper bound (the cluster's
+    own max_workers may stop short of every type's)."""
+    most = dict(head)
+    for resources, count in types:
+        for key, amount in resources.items():
+            most[key] = most.get(key, 0.0) + amount * count
+    return most
+
+
+def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool] | None:
+    """(the most of each resource the cluster can ever have, what each node or node type has,
+    whether it autoscales), or None when that cannot be known. An autoscaling cluster is judged
+    at its largest (its node types at their max), whatever is up now: on a cold cluster nothing
+    is, and only work queued in Ray makes the autoscaler add nodes. A fixed cluster (whose
+    read-only autoscaler names each node's type after the node) has what it has now; an
+    autoscaler whose node types cannot be read may add anything, so None."""
+    now = {k: float(v) for k, v in ray.cluster_resources().items()}
+    alive = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    most, groups = _published_groups()
+    if not most:
+        status = _autoscaler_status()
+        if not _autoscales(status):
+            return now, alive, False
+        config = _monitor_config(status)
+        types = node_types(config) if config else None
+        if types is None:
+            return None
+        most = at_largest(next((n for n in alive if "node:__internal_head__" in n), {}), types)
+        groups = [resources for resources, count in types if count > 0]
     keys = set(now) | set(most)
-    return {k: max(float(now.get(k, 0)), float(most.get(k, 0))) for k in keys}, nodes + groups, bool(most)
+    return {k: max(now.get(k, 0.0), float(most.get(k, 0.0))) for k in keys}, alive + groups, True
+
+
+def cluster_at_largest() -> dict[str, float] | None:
+    """The most of each resource the joined cluster can ever have (an autoscaling one at its
+    largest), or None when an autoscaler does not say how large it may grow."""
+    known = _cluster_capacity()
+    return known[0] if known else None
 
 
 def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
@@ -123,8 +203,8 @@ def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
     per_worker = worker_resources(cfg)
     known = _cluster_capacity()
     if known is None:
-        print("[raykd] the cluster autoscales without publishing its largest size: resources are not checked "
-              "up front", flush=True)
+        print("[raykd] the cluster autoscales without saying how large it grows (its node types' resources are "
+              "not in its config): resources are not checked up front", flush=True)
         return
     capacity, nodes, autoscales = known
     where = f"{cfg.source}: " if cfg.source else ""
@@ -145,15 +225,85 @@ def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
                         "has; lower scaling.cpus_per_worker or scaling.resources_per_worker")
 
 
+def _where_from(address: str | None) -> str:
+    """How the user named the cluster, for the error lines."""
+    return f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+
+
+def _gcs_address(address: str, named: str) -> str | None:
+    """The host:port that ``address`` leads to ('auto': what ``ray start`` last recorded on this
+    machine, or a Ray running here), or None for a Ray Client address (ray://), checked by Ray."""
+    if "://" in address:
+        return None
+    if address != "auto":
+        return address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+
+        return canonicalize_bootstrap_address_or_die("auto")
+    except ConnectionError:
+        raise UserError(f"{named}: no Ray cluster runs on this machine (nor did `ray start` record one); start one "
+                        "with `ray start --head`, pass its host:port, or drop --address for a local Ray") from None
+    except Exception:  # noqa: BLE001 - a private API: leave the lookup to ray.init
+        return None
+
+
+def _check_answers(target: str, named: str, timeout: float = 5.0) -> None:
+    """Refuse, within seconds, an address where nothing listens: ray.init would retry it for
+    minutes, printing warnings, and then exit the process."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
+            return
+    except ValueError:
+        raise UserError(f"{named}: not a Ray address; expected host:port (e.g. 10.0.0.5:6379) or auto") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"{named}: no Ray cluster answers at {target} ({reason}); check the address "
+                        "(the head's `ray start` prints it), or drop --address for a local Ray") from None
+
+
+def _auth_error(named: str) -> UserError:
+    """The one line for a cluster that refused to let this driver in: since Ray 2.60, a cluster
+    started with ``ray start`` asks every driver for its token."""
+    token = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return UserError(f"{named}: the Ray cluster did not let this driver in; it uses token authentication: set "
+                         f"RAY_AUTH_MODE=token, with the cluster's token in {token} (copied from the head "
+                         "node, where `ray start` wrote it) or in RAY_AUTH_TOKEN")
+    return UserError(f"{named}: the Ray cluster refused this driver's token (RAY_AUTH_MODE=token): put the "
+                     f"cluster's token (~/.ray/auth_token on the head node) in {token} or in RAY_AUTH_TOKEN")
+
+
 def init_ray(address: str | None = None) -> None:
-    """Join ``address`` (or RAY_ADDRESS), else start an embedded single-node Ray."""
+    """Join ``address`` (or RAY_ADDRESS), else start a new embedded single-node Ray: never the
+    cluster ``ray start`` last recorded on this machine (``ray.init()``'s default), which may be
+    long gone (Ray then waits for it forever). A cluster that does not answer, or does not let
+    this driver in, is refused in one line."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    # The dashboard stays on: ASHA-stopped trials release their placement groups through its
-    # state API (without it the next trial waits forever).
-    ray.init(address=address, log_to_driver=True,
-             configure_logging=True, logging_level="WARNING")
+    named = _where_from(address)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address != "local":
+        target = _gcs_address(address, named)
+        if target:
+            _check_answers(target, named)
+    try:
+        # The dashboard stays on: ASHA-stopped trials release their placement groups through its
+        # state API (without it the next trial waits forever).
+        ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    except ray.exceptions.AuthenticationError:
+        raise _auth_error(named) from None
+    except ConnectionError as exc:
+        if address == "local":
+            raise
+        # Ray's error says only that it failed; the GCS's answer is in its cause.
+        text = str(exc.__cause__ or exc)
+        if "unauthenticated" in text.lower() or "authtoken" in text.lower():
+            raise _auth_error(named) from None
+        last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1:]
+        raise UserError(f"{named}: could not join the Ray cluster there ({(last or ['no answer'])[0][:200]}); "
+                        f"check the address and that the cluster runs Ray {ray.__version__}") from None
 
 
 def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | None = None) -> ray.train.Result:

@@ -94,3 +94,78 @@ def nodes_of_results(result_texts: list[str]) -> set[str]:
     import json
 
     return {json.loads(line)["node_id"] for text in result_texts for line in text.splitlines() if line.strip()}
+
+
+def fake_autoscaling_config(port: int, head_cpus: int, worker_types: dict[str, dict]) -> dict:
+    """A whole config for Ray's fake multi-node provider (the wheel lacks the example.yaml that
+    ray.cluster_utils.AutoscalingCluster reads): a head of ``head_cpus`` CPUs that never scales,
+    and ``worker_types`` ({name: {"resources": ..., "min_workers": ..., "max_workers": ...}}). The
+    fake nodes join the head at ``provider.gcs_address`` (otherwise at port 6379)."""
+    lists = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+             "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
+             "rsync_filter")
+    return {
+        "cluster_name": f"fake{port}",
+        "max_workers": sum(t["max_workers"] for t in worker_types.values()),
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,  # no node is taken away while a test runs
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+            **{name: {"node_config": {}, **t} for name, t in worker_types.items()},
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        **{k: [] for k in lists},
+    }
+
+
+@contextlib.contextmanager
+def fake_autoscaling_cluster(logs: Path, env: dict[str, str], head_cpus: int,
+                             worker_types: dict[str, dict]) -> Iterator[str]:
+    """A head node alone (`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...`, as
+    ray.cluster_utils.AutoscalingCluster starts it) whose autoscaler adds fake worker nodes (Ray
+    processes on this machine) for queued work. Yields its address once the head is up; stopped
+    by the pid started here (its `ray start --block` stops the node processes it started)."""
+    import json
+
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    config = logs / "autoscaling.yaml"
+    config.write_text(json.dumps(fake_autoscaling_config(port, head_cpus, worker_types)))  # JSON is YAML
+    temp = Path("/tmp") / f"rkf{port}"  # short: unix socket paths are limited to 107 bytes
+    head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    with open(logs / "head.log", "w") as log:
+        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--head", "--node-ip-address=127.0.0.1",
+                                 f"--port={port}", f"--num-cpus={head_cpus}", f"--temp-dir={temp}",
+                                 f"--autoscaling-config={config}", "--include-dashboard=true",
+                                 f"--dashboard-port={free_port()}"],
+                                env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = f"127.0.0.1:{port}"
+        _wait_nodes(address, 1, env, logs)
+        yield address
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def cluster_state(address: str, env: dict[str, str], code: str) -> object:
+    """What ``code`` (run in a fresh process joined to the cluster, with ``ray`` imported) prints
+    as JSON on its last line."""
+    import json
+
+    script = f"import ray,sys,json\nray.init(address=sys.argv[1], log_to_driver=False)\n{code}"
+    out = subprocess.run([sys.executable, "-c", script, address], env=env, capture_output=True, text=True,
+                         check=False, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
