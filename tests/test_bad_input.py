@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Case:
     env: dict = field(default_factory=dict)
     before: str | None = None                           # a setup step (see _before)
     ray: bool = False                                   # refused after Ray connects
+    seconds: float | None = None                        # refused within this many seconds
 
 
 def _squad(paragraphs) -> str:
@@ -52,6 +54,7 @@ def _squad(paragraphs) -> str:
 QA = {"id": "q1", "question": "Where?", "answers": [{"text": "Oslo", "answer_start": 9}]}
 DROP = object()  # a _setdotted value: remove the key from the good config
 CLOSED = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+CLOSED_RAY = f"127.0.0.1:{_free_port()}"
 
 CATALOGUE = [
     # The config file itself.
@@ -168,6 +171,12 @@ CATALOGUE = [
     Case("gpu-without-gpus", ["scaling.use_gpu", "no GPU"], set={"scaling.use_gpu": True}, ray=True),
     Case("more-cpus-than-cluster", ["scaling", "CPU", "cpus_per_worker"], command="train",
          set={"scaling.cpus_per_worker": 64}, ray=True),
+    # A fixed cluster where no trial can ever start: its workers need a resource no node has.
+    Case("worker-resource-nobody-has", ["scaling", "raykd_nowhere", "drop scaling.resources_per_worker.raykd_nowhere"],
+         set={"scaling.resources_per_worker": {"raykd_nowhere": 1}}, ray=True),
+    # No Ray cluster at the address: given up within seconds (Ray itself retries for minutes).
+    Case("address-unreachable", ["--address " + CLOSED_RAY, "no Ray cluster answers"],
+         args=["--address", CLOSED_RAY], seconds=40),
 ]
 
 
@@ -316,10 +325,12 @@ def _run(case: Case, world, cwd: Path, debug: bool = False):
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
     env["RAY_TMPDIR"] = str(ray_tmp)
     before = _snapshot(cwd)
+    started = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - started
     finally:
         # Whatever the CLI started (a local Ray) is in its process group: stop what is left of it.
         try:
@@ -329,7 +340,7 @@ def _run(case: Case, world, cwd: Path, debug: bool = False):
         proc.wait()
         ray_started = any(ray_tmp.iterdir())
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    return Result(proc.returncode, out, err, before, _snapshot(cwd), ray_started)
+    return Result(proc.returncode, out, err, before, _snapshot(cwd), ray_started, elapsed)
 
 
 @dataclass
@@ -340,6 +351,7 @@ class Result:
     before: dict
     after: dict
     ray_started: bool
+    elapsed: float
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.ray else [])
@@ -357,6 +369,7 @@ def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_pa
     # MLflow store) is as it was.
     assert r.after == r.before, set(r.after) ^ set(r.before)
     assert r.ray_started == case.ray, "refused before Ray starts" if not case.ray else "refused once Ray connected"
+    assert case.seconds is None or r.elapsed < case.seconds, f"refused after {r.elapsed:.0f} s"
 
 
 def test_debug_shows_the_traceback(world, tmp_path):

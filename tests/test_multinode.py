@@ -1,11 +1,18 @@
 """Multi-node on one machine with a shared folder as storage: a real two-node Ray cluster
 (tests/ray_cluster.py), a tiny search joins it with --address, trials land on both nodes, and the
 cluster is stopped by the pids it started. (tests/test_cloud_storage.py runs the same cluster with a
-bucket instead of a shared folder.)"""
+bucket instead of a shared folder.) Also: which cluster a driver joins when it is given no
+address, or one that is gone."""
 
+import contextlib
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +54,49 @@ def test_search_joins_a_two_node_cluster_and_uses_both_nodes(tmp_path, cluster, 
     assert len(nodes) == 2, nodes  # trials ran on both nodes
     summary = json.loads((exp / "summary.json").read_text())
     assert len(summary["trials"]) == 4 and summary["best"]["checkpoint_path"]
+
+
+def _stale_record(ray_tmp: Path) -> str:
+    """What `ray start` leaves in Ray's temp folder, naming a cluster that is gone."""
+    dead = f"127.0.0.1:{ray_cluster.free_port()}"
+    (ray_tmp / "ray").mkdir(parents=True)
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
+    return dead
+
+
+def test_no_address_starts_a_local_ray_whatever_ray_start_last_recorded():
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))  # short: Ray's socket paths have a length limit
+    dead = _stale_record(ray_tmp)
+    env = {**ray_cluster.base_env(), "RAY_TMPDIR": str(ray_tmp)}
+    code = ("import ray; from raykd import train; train.init_ray(); "
+            "print(ray.get_runtime_context().gcs_address, len(ray.nodes()))")
+    # Its own process group: the local Ray it starts is stopped with it.
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)  # joining the dead cluster would wait far longer
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, err[-3000:]
+    address, nodes = out.split()[-2:]
+    assert address.rpartition(":")[2] != dead.rpartition(":")[2] and nodes == "1"
+
+
+def test_address_auto_naming_a_dead_cluster_is_refused_in_seconds(monkeypatch, tmp_path):
+    from raykd import train
+    from raykd.errors import UserError
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
+    dead = _stale_record(ray_tmp)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    t0 = time.time()
+    try:
+        with pytest.raises(UserError, match=f"--address auto: no Ray cluster answers at [^ ]+:{dead.rpartition(':')[2]} "):
+            train.init_ray("auto")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert time.time() - t0 < 15
