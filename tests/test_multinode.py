@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -84,19 +83,3 @@ def test_no_address_starts_a_local_ray_whatever_ray_start_last_recorded():
     address, nodes = out.split()[-2:]
     assert address.rpartition(":")[2] != dead.rpartition(":")[2] and nodes == "1"
 
-
-def test_address_auto_naming_a_dead_cluster_is_refused_in_seconds(monkeypatch, tmp_path):
-    from raykd import train
-    from raykd.errors import UserError
-
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
-    dead = _stale_record(ray_tmp)
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    t0 = time.time()
-    try:
-        with pytest.raises(UserError, match=f"--address auto: no Ray cluster answers at [^ ]+:{dead.rpartition(':')[2]} "):
-            train.init_ray("auto")
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert time.time() - t0 < 15
