@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,7 +131,7 @@ def fake_autoscaling_cluster(logs: Path, env: dict[str, str], head_cpus: int,
     """A head node alone (`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...`, as
     ray.cluster_utils.AutoscalingCluster starts it) whose autoscaler adds fake worker nodes (Ray
     processes on this machine) for queued work. Yields its address once the head is up; stopped
-    by the pid started here (its `ray start --block` stops the node processes it started)."""
+    by the process group started here."""
     import json
 
     port = free_port()
@@ -150,13 +151,18 @@ def fake_autoscaling_cluster(logs: Path, env: dict[str, str], head_cpus: int,
         _wait_nodes(address, 1, env, logs)
         yield address
     finally:
+        # Every process of the cluster (the head's and the fake nodes') is in the group started
+        # here. The head takes half a minute to stop them in turn: after 10 s, they are killed.
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def cluster_state(address: str, env: dict[str, str], code: str) -> object:
