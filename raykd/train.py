@@ -28,13 +28,16 @@ from raykd.runspec import RunSpec, Study
 __all__ = [
     "DISTILL",
     "FINETUNE",
+    "at_largest",
     "best_checkpoint",
     "best_metrics",
     "build_trainer",
     "check_resources",
+    "cluster_at_largest",
     "fit",
     "history",
     "init_ray",
+    "node_types",
     "worker_resources",
 ]
 
@@ -225,12 +228,14 @@ def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
                         "has; lower scaling.cpus_per_worker or scaling.resources_per_worker")
 
 
-def _where_from(address: str | None) -> str:
-    """How the user named the cluster, for the error lines."""
-    return f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+def _where_from(address: str | None) -> tuple[str, str]:
+    """How the user named the cluster, and how to do without it, for the error lines."""
+    if address:
+        return f"--address {address}", "drop --address for a local Ray"
+    return f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}", "unset RAY_ADDRESS for a local Ray"
 
 
-def _gcs_address(address: str, named: str) -> str | None:
+def _gcs_address(address: str, named: str, local: str) -> str | None:
     """The host:port that ``address`` leads to ('auto': what ``ray start`` last recorded on this
     machine, or a Ray running here), or None for a Ray Client address (ray://), checked by Ray."""
     if "://" in address:
@@ -243,12 +248,12 @@ def _gcs_address(address: str, named: str) -> str | None:
         return canonicalize_bootstrap_address_or_die("auto")
     except ConnectionError:
         raise UserError(f"{named}: no Ray cluster runs on this machine (nor did `ray start` record one); start one "
-                        "with `ray start --head`, pass its host:port, or drop --address for a local Ray") from None
+                        f"with `ray start --head`, pass its host:port, or {local}") from None
     except Exception:  # noqa: BLE001 - a private API: leave the lookup to ray.init
         return None
 
 
-def _check_answers(target: str, named: str, timeout: float = 5.0) -> None:
+def _check_answers(target: str, named: str, local: str, timeout: float = 5.0) -> None:
     """Refuse, within seconds, an address where nothing listens: ray.init would retry it for
     minutes, printing warnings, and then exit the process."""
     host, _, port = target.rpartition(":")
@@ -260,7 +265,7 @@ def _check_answers(target: str, named: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UserError(f"{named}: no Ray cluster answers at {target} ({reason}); check the address "
-                        "(the head's `ray start` prints it), or drop --address for a local Ray") from None
+                        f"(the head's `ray start` prints it), or {local}") from None
 
 
 def _auth_error(named: str) -> UserError:
@@ -271,8 +276,8 @@ def _auth_error(named: str) -> UserError:
         return UserError(f"{named}: the Ray cluster did not let this driver in; it uses token authentication: set "
                          f"RAY_AUTH_MODE=token, with the cluster's token in {token} (copied from the head "
                          "node, where `ray start` wrote it) or in RAY_AUTH_TOKEN")
-    return UserError(f"{named}: the Ray cluster refused this driver's token (RAY_AUTH_MODE=token): put the "
-                     f"cluster's token (~/.ray/auth_token on the head node) in {token} or in RAY_AUTH_TOKEN")
+    return UserError(f"{named}: the Ray cluster wants a token this driver does not have (RAY_AUTH_MODE=token): put "
+                     f"the cluster's token (~/.ray/auth_token on the head node) in {token} or in RAY_AUTH_TOKEN")
 
 
 def init_ray(address: str | None = None) -> None:
@@ -282,12 +287,12 @@ def init_ray(address: str | None = None) -> None:
     this driver in, is refused in one line."""
     if ray.is_initialized():
         return
-    named = _where_from(address)
+    named, local = _where_from(address)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address != "local":
-        target = _gcs_address(address, named)
+        target = _gcs_address(address, named, local)
         if target:
-            _check_answers(target, named)
+            _check_answers(target, named, local)
     try:
         # The dashboard stays on: ASHA-stopped trials release their placement groups through its
         # state API (without it the next trial waits forever).
