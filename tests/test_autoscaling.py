@@ -2,7 +2,7 @@
 that cannot run a trial and no worker node (`min_workers: 0`), without a cloud: Ray's fake
 multi-node provider adds worker nodes (Ray processes on this machine) for queued work. The real
 CLI joins it with --address; the teacher-logit pass and both trials run on nodes the autoscaler
-added, and the best student is registered in MLflow. Slow (about 2 minutes on 2 cores): a Ray
+added, and the best student is registered in MLflow. Slow (about 70 s on 2 cores): a Ray
 head, two autoscaled nodes and two Ray Train trials, each with its own worker processes."""
 
 import json
