@@ -35,7 +35,13 @@ def test_an_autoscaling_config_is_sized_at_its_largest():
     # The cluster's own max_workers caps a type's.
     assert train.node_types({**config, "max_workers": 1})[0][1] == 1
     # A type whose resources the cloud provider fills in (AWS: `resources: {}`) has no known size.
-    assert train.node_types(yaml.safe_load((ROOT / "cluster.yaml").read_text())) is None
+    unsized = {**config, "available_node_types": {
+        name: {**kind, "resources": {}} for name, kind in config["available_node_types"].items()}}
+    assert train.node_types(unsized) is None
+    # The shipped cluster.yaml states its GPU workers' size, so a cold cluster is sized at its largest.
+    shipped = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    most = shipped["available_node_types"]["gpu_worker"]["max_workers"]
+    assert train.node_types(shipped) == [({"CPU": 4.0, "GPU": 1.0}, most)]
 
 
 @pytest.fixture(scope="module")
