@@ -39,7 +39,7 @@ def machine() -> dict[str, Any]:
         usable = os.cpu_count()
     return {"cpu": cpu_model(), "cores": usable, "logical_cpus": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
-            "gpu": "none (no GPU was lent to this task)" if not _has_gpu() else _gpu_name()}
+            "gpu": "none" if not _has_gpu() else _gpu_name()}
 
 
 def _has_gpu() -> bool:

@@ -90,15 +90,22 @@ def check_data_file(task: tasks.Task, cfg: config_mod.RaykdConfig | None, path: 
 
 def resolve_data(cfg: config_mod.RaykdConfig, say: Callable[[str], None] = print) -> config_mod.RaykdConfig:
     """With ``data.synthetic_if_missing``, local data files that are not there are replaced by the
-    task's generated data, and the console says so (a quickstart that uses real data where it is
-    found and still runs from a fresh clone). Otherwise the config as it is: a missing file is
-    refused by :func:`check_data`."""
+    task's generated data; either way the console says which data it uses (a quickstart that uses
+    real data where it is found and still runs without it). Without the flag, the config as it is:
+    a missing file is refused by :func:`check_data`."""
     d = cfg.data
     files = [f for f in (d.train_file, d.validation_file) if f]
     missing = [f for f in files if not Path(f).expanduser().exists()]
-    if d.synthetic or not d.synthetic_if_missing or not missing:
+    if d.synthetic or not d.synthetic_if_missing:
         return cfg
-    say(f"[raykd] data: {', '.join(missing)} not found; training and evaluating on raykd's generated "
+    if not missing:
+        # Either choice is said, so that a run on the generated set is never mistaken for one on real data.
+        used = [f"{what} {f}" for what, f in (("training on", d.train_file), ("evaluating on", d.validation_file)) if f]
+        say(f"[raykd] data: {', '.join(used)} (found, so not raykd's generated data)")
+        return cfg
+    relative = [f for f in missing if not Path(f).expanduser().is_absolute()]
+    where = f" (relative paths are read from {Path.cwd()})" if relative else ""
+    say(f"[raykd] data: {', '.join(missing)} not found{where}; training and evaluating on raykd's generated "
         f"{cfg.task} data instead (data.synthetic_if_missing)")
     return config_mod.with_values(cfg, {"data.synthetic": True, "data.train_file": None, "data.validation_file": None})
 

@@ -308,7 +308,9 @@ def test_missing_real_data_falls_back_to_generated_data_and_says_so(tmp_path):
     good = _write(tmp_path / "d.jsonl", [{"sentence": "x", "label": 0}])
     real = RaykdConfig.from_dict({"task": "classification", "data": {
         "train_file": str(good), "validation_file": str(good), "synthetic_if_missing": True}})
+    said.clear()
     assert preflight.resolve_data(real, said.append) is real
+    assert said == [f"[raykd] data: training on {good}, evaluating on {good} (found, so not raykd's generated data)"]
 
 
 def test_preflight_refuses_a_teacher_without_the_tasks_head_or_with_other_labels(tmp_path, tiny_models):
