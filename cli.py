@@ -40,12 +40,23 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, the one pip and MLflow see)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("raykd")
+    except metadata.PackageNotFoundError:
+        return "(not installed: pip install -e . in the repository)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raykd",
         description="Distributed hyperparameter search for task-specific knowledge distillation "
                     "(question answering on SQuAD, text classification such as SST-2).",
     )
+    parser.add_argument("--version", action="version", version=f"raykd {_version()}")
     _common_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -24,6 +24,26 @@ def test_every_command_has_help(tmp_path, command):
     assert out.returncode == 0 and "usage:" in out.stdout and "--" in out.stdout
 
 
+def test_version_is_the_installed_distributions_through_every_entry_point(tmp_path):
+    from importlib import metadata
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    script = Path(sys.executable).parent / "raykd"  # the console script pip installed beside python
+    expected = f"raykd {metadata.version('raykd')}\n"
+    for argv in ([sys.executable, str(ROOT / "cli.py")], [sys.executable, "-m", "raykd"], [str(script)]):
+        out = subprocess.run([*argv, "--version"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout) == (0, expected), argv
+
+
+def test_python_m_raykd_is_the_cli(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "raykd", "search", "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: raykd search") and "--resume" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "raykd", "search", "--config", str(tmp_path / "none.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "none.yaml: no such config file" in bad.stderr
+
+
 def test_search_help_documents_every_flag(tmp_path):
     out = cli("search", "--help", cwd=tmp_path).stdout
     for flag in ("--config", "--set", "--address", "--resume", "--tracking-uri", "--no-tracking", "--num-samples"):
