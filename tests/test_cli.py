@@ -31,16 +31,17 @@ def test_version_is_the_installed_distributions_through_every_entry_point(tmp_pa
     script = Path(sys.executable).parent / "raykd"  # the console script pip installed beside python
     expected = f"raykd {metadata.version('raykd')}\n"
     for argv in ([sys.executable, str(ROOT / "cli.py")], [sys.executable, "-m", "raykd"], [str(script)]):
-        out = subprocess.run([*argv, "--version"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([*argv, "--version"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                             check=False)
         assert (out.returncode, out.stdout) == (0, expected), argv
 
 
 def test_python_m_raykd_is_the_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "raykd", "search", "--help"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, check=False)
     assert out.returncode == 0 and out.stdout.startswith("usage: raykd search") and "--resume" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "raykd", "search", "--config", str(tmp_path / "none.yaml")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "none.yaml: no such config file" in bad.stderr
 
 
