@@ -209,7 +209,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         else:
             parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
             storage.write_text(parent_file, parent)
-        callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent))
+        callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent, spaces.searched_keys(params)))
     summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
     summary["study"] = {**info, "teacher": study.teacher}
     if summary["interrupted"]:

@@ -140,15 +140,55 @@ def start_study(cfg: RaykdConfig, uri: str, run_name: str) -> str:
     return run_id
 
 
-class TrialRunsCallback(MLflowLoggerCallback):
-    """Ray's MLflow logger callback, made to nest each trial under the study run and to tell the
-    truth about how a trial ended: metrics are indexed by evaluation round, a trial ASHA stopped
-    ends KILLED (tagged why) and a crashed one FAILED (tagged with the error)."""
+# How a searched key is shown in a trial run's name: its last part, or a shorter word.
+SHORT_NAMES = {"temperature": "T", "learning_rate": "lr", "init_from_teacher_layers": "layers",
+               "num_epochs": "epochs"}
 
-    def __init__(self, uri: str, experiment_name: str, parent_run_id: str):
+
+def _short_value(value: Any) -> str:
+    """A value as a person reads it in a run list: numbers to 3 significant digits (``1.64e-4``,
+    ``0.721``), lists without spaces, long texts cut to their end (a model path's last part)."""
+    if isinstance(value, float):
+        if value != 0 and not 1e-2 <= abs(value) < 1e4:
+            mantissa, exponent = f"{value:.2e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_short_value(v) for v in value) + "]"
+    text = str(value)
+    return text if len(text) <= 32 else "…" + text[-31:]
+
+
+def trial_run_name(number: int | str, config: dict[str, Any], searched: list[str]) -> str:
+    """A trial run's name: its number in the search, then what it tried, e.g.
+    ``trial 3 · T 4.84 · alpha_ce 0.721 · lr 1.64e-4`` (constants and tied alphas left out)."""
+    parts = [f"trial {number}"]
+    for key in searched:
+        if key in config:
+            leaf = key.rsplit(".", 1)[-1]
+            parts.append(f"{SHORT_NAMES.get(leaf, leaf)} {_short_value(config[key])}")
+    return " · ".join(parts)
+
+
+def _trial_number(trial) -> int | str:
+    """The trial's place in the search (1, 2, ...): Tune's experiment tag starts with its counter,
+    which a restored experiment keeps. The trial id when a tag has no number."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else trial.trial_id
+
+
+class TrialRunsCallback(MLflowLoggerCallback):
+    """Ray's MLflow logger callback, made to nest each trial under the study run, to name it by what
+    it tried (:func:`trial_run_name`) and to tell the truth about how a trial ended: metrics are
+    indexed by evaluation round; a trial ASHA stopped ran as it should and ends FINISHED, tagged
+    ``stopped_early``; a crashed one ends FAILED, tagged with the error. (An interrupted search
+    marks its open runs KILLED: :func:`mark_interrupted`.)"""
+
+    def __init__(self, uri: str, experiment_name: str, parent_run_id: str, searched: list[str] | None = None):
         super().__init__(tracking_uri=uri, experiment_name=experiment_name,
                          tags={"mlflow.parentRunId": parent_run_id, "raykd.kind": "trial"})
         self.parent_run_id = parent_run_id
+        self.searched = list(searched or [])
 
     def log_trial_start(self, trial) -> None:
         self.tags = {**self.tags, "raykd.trial_id": trial.trial_id}
@@ -161,6 +201,9 @@ class TrialRunsCallback(MLflowLoggerCallback):
                 MlflowClient(self.tracking_uri).update_run(run_id, status="RUNNING")
                 self._trial_runs[trial] = run_id
         super().log_trial_start(trial)
+        # Ray names the run after the trainable and trial id (`_trial_driver_8a…`), which says nothing.
+        name = trial_run_name(_trial_number(trial), trial.config or {}, self.searched)
+        MlflowClient(self.tracking_uri).update_run(self._trial_runs[trial], name=name)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         run_id = self._trial_runs[trial]
@@ -181,8 +224,11 @@ class TrialRunsCallback(MLflowLoggerCallback):
             client.set_tag(run_id, "raykd.error", why or f"see {getattr(trial, 'error_file', None) or 'the Ray logs'}")
             status = "FAILED"
         elif not last.get("final", True):
+            # Early stopping is the search working, not a failure: FINISHED (KILLED is drawn as a
+            # failure), and the tag says that it was cut short.
             client.set_tag(run_id, "raykd.end", f"stopped early by ASHA after round {last.get('round')}")
-            status = "KILLED"
+            client.set_tag(run_id, "stopped_early", "true")
+            status = "FINISHED"
         else:
             client.set_tag(run_id, "raykd.end", "completed")
             status = "FINISHED"

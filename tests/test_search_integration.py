@@ -174,7 +174,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     children = [r for r in runs if r.data.tags.get("raykd.kind") == "trial"]
     assert len(studies) == 1 and studies[0].info.status == "FINISHED"
     assert sorted(r.data.tags["raykd.trial_id"] for r in children) == sorted(r["trial_id"] for r in summary["trials"])
-    assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
+    assert {r.info.status for r in children} == {"FINISHED"}  # KILLED was the interruption's, not theirs
     assert client.search_registered_models()
 
     # The same search without the interruption (same seed: the same two trials) ends each trial
