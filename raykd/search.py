@@ -417,8 +417,8 @@ def max_concurrent(cfg: RaykdConfig, resources: dict[str, float]) -> int:
     n = min(fits) if fits else 1
     if largest is None:
         n = max(n, 1)  # queued, so that the autoscaler sees the demand
-        print(f"[raykd] the cluster autoscales without saying how large it grows: {n} trial(s) at a time "
-              "(set search.max_concurrent_trials for more)", flush=True)
+        print(f"[raykd] the cluster autoscales, but how large it grows cannot be read here: {n} trial(s) at a "
+              "time (run the search on the head node, or set search.max_concurrent_trials)", flush=True)
     if n < 1:
         where = f"{cfg.source}: " if cfg.source else ""
         raise UserError(f"{where}scaling: one trial needs {need} (+ CPU {DRIVER_CPU:g} for its driver), but the Ray "

@@ -110,33 +110,64 @@ def _published_groups() -> tuple[dict[str, float], list[dict[str, float]]]:
 
 
 def _autoscales(status: dict[str, Any]) -> bool:
-    """Whether the autoscaler that sent ``status`` may add nodes. A fixed cluster runs a read-only
-    autoscaler too; its node types are named after the nodes. A real one (``ray up``) names them
-    after the config's node types."""
+    """Whether an autoscaler that may add nodes runs. The v1 autoscaler says so in ``status``: a
+    fixed cluster runs a read-only one too, whose node types are named after the nodes, while a
+    real one (the fake multi-node provider, ``RAY_UP_enable_autoscaler_v2=0 ray up``) names them
+    after the config's node types. The v2 autoscaler (what ``ray up`` starts since Ray 2.50, and
+    KubeRay) writes no such status and marks itself in the GCS."""
     try:
         from ray.autoscaler._private.util import format_readonly_node_type
-    except ImportError:  # a private API: without it, judge by what is up now
+
+        mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+        if any(kind != format_readonly_node_type(node) for node, kind in mapping.items()):
+            return True
+    except ImportError:  # a private API: the v2 check below still answers
+        pass
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return bool(is_autoscaler_v2(fetch_from_server=True))
+    except Exception:  # noqa: BLE001 - not exported by every Ray: judge by what is up now
         return False
-    mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
-    return any(kind != format_readonly_node_type(node) for node, kind in mapping.items())
+
+
+def _monitor_pids(status: dict[str, Any]) -> list[int]:
+    """The process ids that may be this cluster's autoscaler monitor, on this machine: the one the
+    v1 status names, else every ``monitor.py`` (v1 or v2) started for this cluster's GCS address."""
+    if "monitor_pid" in status:
+        return [int(status["monitor_pid"])]
+    gcs = f"--gcs-address={ray.get_runtime_context().gcs_address}"
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if gcs in args and any(a.endswith("monitor.py") for a in args):
+            pids.append(int(proc.name))
+    return pids
 
 
 def _monitor_config(status: dict[str, Any]) -> dict[str, Any] | None:
-    """The autoscaling config file the v1 autoscaler's monitor (``ray up``, the fake multi-node
-    provider) was started with. The v1 monitor publishes no node types, so the file is the only
-    account of how large the cluster may grow; it is read from the head node, where a ``ray job
-    submit`` or ``ray attach`` driver runs. None elsewhere, or when it cannot be read."""
+    """The autoscaling config file this cluster's monitor was started with (``ray up`` starts it
+    with the bootstrap config it wrote on the head, resources filled in from the cloud's instance
+    types). Neither autoscaler publishes its node types, so the file is the only account of how
+    large the cluster may grow; it is read on the head node, where a ``ray job submit`` or
+    ``ray attach`` driver runs. None elsewhere, or when it cannot be read."""
     import yaml
 
-    try:
-        proc = Path("/proc") / str(int(status["monitor_pid"]))
-        args = (proc / "cmdline").read_bytes().decode().split("\0")
-        flag = "--autoscaling-config="
-        path = next(a[len(flag):] for a in args if a.startswith(flag))
-        config = yaml.safe_load((proc / "cwd" / Path(path).expanduser()).read_text())
-    except Exception:  # noqa: BLE001 - another machine's monitor, no monitor, an unreadable file
-        return None
-    return config if isinstance(config, dict) else None
+    flag = "--autoscaling-config="
+    for pid in _monitor_pids(status):
+        try:
+            proc = Path("/proc") / str(pid)
+            args = (proc / "cmdline").read_bytes().decode().split("\0")
+            path = next(a[len(flag):] for a in args if a.startswith(flag))
+            config = yaml.safe_load((proc / "cwd" / Path(path).expanduser()).read_text())
+        except Exception:  # noqa: BLE001, S112 - another machine's monitor, no config flag, an unreadable file
+            continue
+        if isinstance(config, dict):
+            return config
+    return None
 
 
 def node_types(config: dict[str, Any]) -> list[tuple[dict[str, float], int]] | None:
@@ -178,10 +209,12 @@ def _cluster_capacity() -> tuple[dict[str, float], list[dict[str, float]], bool]
     most, groups = _published_groups()
     if not most:
         status = _autoscaler_status()
-        if not _autoscales(status):
-            return now, alive, False
         config = _monitor_config(status)
-        types = node_types(config) if config else None
+        if config is None:
+            # No autoscaling config on this machine: a fixed cluster, or an autoscaling one whose
+            # head is elsewhere (a driver joined by --address from another machine).
+            return None if _autoscales(status) else (now, alive, False)
+        types = node_types(config)
         if types is None:
             return None
         most = at_largest(next((n for n in alive if "node:__internal_head__" in n), {}), types)
@@ -206,8 +239,9 @@ def check_resources(cfg: RaykdConfig, driver_cpu: float = 0.0) -> None:
     per_worker = worker_resources(cfg)
     known = _cluster_capacity()
     if known is None:
-        print("[raykd] the cluster autoscales without saying how large it grows (its node types' resources are "
-              "not in its config): resources are not checked up front", flush=True)
+        print("[raykd] the cluster autoscales, but how large it grows cannot be read here (its autoscaling "
+              "config is read on the head node: run the search there, e.g. with `ray job submit`): resources "
+              "are not checked up front", flush=True)
         return
     capacity, nodes, autoscales = known
     where = f"{cfg.source}: " if cfg.source else ""
@@ -260,8 +294,9 @@ def _check_answers(target: str, named: str, local: str, timeout: float = 5.0) ->
     try:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout):
             return
-    except ValueError:
-        raise UserError(f"{named}: not a Ray address; expected host:port (e.g. 10.0.0.5:6379) or auto") from None
+    except (ValueError, OverflowError):
+        raise UserError(f"{named}: not a Ray address; expected host:port (e.g. 10.0.0.5:6379, [::1]:6379) or "
+                        "auto") from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise UserError(f"{named}: no Ray cluster answers at {target} ({reason}); check the address "
@@ -309,6 +344,14 @@ def init_ray(address: str | None = None) -> None:
         last = [ln.strip() for ln in text.splitlines() if ln.strip()][-1:]
         raise UserError(f"{named}: could not join the Ray cluster there ({(last or ['no answer'])[0][:200]}); "
                         f"check the address and that the cluster runs Ray {ray.__version__}") from None
+    except (ValueError, RuntimeError) as exc:
+        if address == "local":
+            raise
+        # An address Ray cannot use (a dashboard's http:// address, as Ray's job docs export it)
+        # or a cluster of another Ray version: Ray's first line says which.
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise UserError(f"{named}: could not join a Ray cluster there ({first[:200]}); pass the head's "
+                        f"host:port (e.g. 10.0.0.5:6379) of a cluster that runs Ray {ray.__version__}") from None
 
 
 def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | None = None) -> ray.train.Result:

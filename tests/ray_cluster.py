@@ -16,6 +16,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# The head node id Ray's fake multi-node provider expects under the v2 autoscaler (a test
+# utility of Ray's, imported the way ray.cluster_utils.AutoscalingCluster does).
+from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
 RAY = str(Path(sys.executable).parent / "ray")
 # One trial per node: every trial worker asks for a "trial_slot", and each node has one.
 HEAD_RESOURCES = '{"node_a": 1, "trial_slot": 1}'
@@ -97,7 +101,8 @@ def nodes_of_results(result_texts: list[str]) -> set[str]:
     return {json.loads(line)["node_id"] for text in result_texts for line in text.splitlines() if line.strip()}
 
 
-def fake_autoscaling_config(port: int, head_cpus: int, worker_types: dict[str, dict]) -> dict:
+def fake_autoscaling_config(port: int, head_cpus: int, worker_types: dict[str, dict],
+                            autoscaler_v2: bool = False) -> dict:
     """A whole config for Ray's fake multi-node provider (the wheel lacks the example.yaml that
     ray.cluster_utils.AutoscalingCluster reads): a head of ``head_cpus`` CPUs that never scales,
     and ``worker_types`` ({name: {"resources": ..., "min_workers": ..., "max_workers": ...}}). The
@@ -105,13 +110,17 @@ def fake_autoscaling_config(port: int, head_cpus: int, worker_types: dict[str, d
     lists = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
              "head_start_ray_commands", "worker_start_ray_commands", "cluster_synced_files", "rsync_exclude",
              "rsync_filter")
+    provider = {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
+                "disable_node_updaters": True, "disable_launch_config_check": True}
+    if autoscaler_v2:
+        # What Ray's AutoscalingCluster sets for its fake provider under the v2 autoscaler.
+        provider.update({"launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID})
     return {
         "cluster_name": f"fake{port}",
         "max_workers": sum(t["max_workers"] for t in worker_types.values()),
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": 5,  # no node is taken away while a test runs
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "provider": provider,
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
             **{name: {"node_config": {}, **t} for name, t in worker_types.items()},
@@ -127,19 +136,23 @@ def fake_autoscaling_config(port: int, head_cpus: int, worker_types: dict[str, d
 
 @contextlib.contextmanager
 def fake_autoscaling_cluster(logs: Path, env: dict[str, str], head_cpus: int,
-                             worker_types: dict[str, dict]) -> Iterator[str]:
+                             worker_types: dict[str, dict], autoscaler_v2: bool = False) -> Iterator[str]:
     """A head node alone (`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...`, as
     ray.cluster_utils.AutoscalingCluster starts it) whose autoscaler adds fake worker nodes (Ray
     processes on this machine) for queued work. Yields its address once the head is up; stopped
-    by the process group started here."""
+    by the process group started here. ``autoscaler_v2``: the autoscaler ``ray up`` starts since
+    Ray 2.50 (the v1 one otherwise, as ``RAY_UP_enable_autoscaler_v2=0 ray up`` does)."""
     import json
 
     port = free_port()
     logs.mkdir(parents=True, exist_ok=True)
     config = logs / "autoscaling.yaml"
-    config.write_text(json.dumps(fake_autoscaling_config(port, head_cpus, worker_types)))  # JSON is YAML
+    config.write_text(json.dumps(fake_autoscaling_config(port, head_cpus, worker_types, autoscaler_v2)))  # JSON is YAML
     temp = Path("/tmp") / f"rkf{port}"  # short: unix socket paths are limited to 107 bytes
     head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    if autoscaler_v2:
+        head_env.update({"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+                         "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID})
     with open(logs / "head.log", "w") as log:
         proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--head", "--node-ip-address=127.0.0.1",
                                  f"--port={port}", f"--num-cpus={head_cpus}", f"--temp-dir={temp}",
