@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         # Arm (a) scores the teacher with `cli.py evaluate`, which scores QA only: refused before
         # anything trains rather than after an hour.
         print("[bench] --task classification: raykd's `cli.py evaluate` scores question answering only, which arm "
-              "(a) needs; the SST-2 figures come from the SST-2 quickstart (README)", file=sys.stderr)
+              "(a) needs; the SST-2 figures come from the SST-2 quickstart (benchmarks/RESULTS.md)", file=sys.stderr)
         return 2
     q = Quality(s)
     try:

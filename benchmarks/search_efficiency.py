@@ -12,7 +12,7 @@ teacher (and, with --real-text, quality.py's) is prepared first, outside the tim
 
     python benchmarks/search_efficiency.py                # quickstart, 2 seeds x (ASHA, FIFO): ~30 min
     python benchmarks/search_efficiency.py --smoke        # tiny: minutes
-    python benchmarks/search_efficiency.py --real-text    # + real SQuAD text (see README for its time)
+    python benchmarks/search_efficiency.py --real-text    # + real SQuAD text (its time: benchmarks/RESULTS.md)
 """
 
 from __future__ import annotations
