@@ -1,13 +1,15 @@
 """Screenshots of the MLflow UI on a search's store, for the README: starts a real ``mlflow ui``
 on 127.0.0.1, finds the study run of an experiment, and photographs it with headless Chromium
 (Debian's ``chromium`` package): the experiment's runs (the study run with its trial runs) and the
-study run's eval-F1-by-round plot. Stops the server and the browser it started (by their process
+study run's score-by-round plot. Stops the server and the browser it started (by their process
 ids) when done.
 
     python benchmarks/mlflow_screenshot.py --store sqlite:///$PWD/mlflow.db \
         --experiment raykd-quickstart --out-dir benchmarks/results
+    python benchmarks/mlflow_screenshot.py --store sqlite:///$PWD/mlflow.db \
+        --experiment raykd-sst2-quickstart --metric eval_accuracy
 
-Writes ``mlflow-runs.png``, ``mlflow-charts.png`` (the trials' eval_f1 by round) and
+Writes ``mlflow-runs.png``, ``mlflow-charts.png`` (the trials' ``--metric`` by round) and
 ``mlflow-study-plot.png`` into ``--out-dir``.
 """
 
@@ -30,7 +32,6 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PLOT = "plots/eval_f1_by_round.png"
 
 
 def _free_port() -> int:
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}", help="backend store URI")
     p.add_argument("--experiment", default="raykd-quickstart", help="MLflow experiment of the search")
+    p.add_argument("--metric", default="eval_f1", help="the search's metric (eval_accuracy for classification)")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     args = p.parse_args(argv)
@@ -211,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         browser.screenshot(f"{base}/#/experiments/{exp_id}/runs", run_name,
                            [(CLOSE_ASSISTANT,), (HIDE_SIDEBAR,), (EXPAND_PARENT,)], out_dir / "mlflow-runs.png")
         # The panel, the sidebar and the expanded study stay so for the next pages (the browser
-        # profile keeps them). The trial runs' eval_f1 by round, as MLflow charts them:
+        # profile keeps them). The trial runs' metric by round, as MLflow charts them:
         browser.screenshot(f"{base}/#/experiments/{exp_id}/runs?compareRunsMode=CHART", run_name,
-                           [(CHART_SEARCH, "eval_f1")], out_dir / "mlflow-charts.png")
-        browser.screenshot(f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/{PLOT}", "eval_f1_by_round",
+                           [(CHART_SEARCH, args.metric)], out_dir / "mlflow-charts.png")
+        plot = f"{args.metric}_by_round"  # raykd.plots logs plots/<metric>_by_round.png to the study run
+        browser.screenshot(f"{base}/#/experiments/{exp_id}/runs/{run_id}/artifacts/plots/{plot}.png", plot,
                            [], out_dir / "mlflow-study-plot.png")
     finally:
         if browser is not None:
