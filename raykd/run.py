@@ -66,6 +66,11 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     if tracker:
         tracker.connect(cfg, tracking_uri)
     study, info = prepare_study(cfg, mode)
+    from raykd import teacher_cache
+    from raykd.schedule import check_accumulation
+
+    # Refused here in one line, not as a failed worker once the run has started.
+    check_accumulation(cfg, teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"])
     result = train.fit(cfg, mode, study=study)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")

@@ -5,6 +5,7 @@ import logging
 
 import pandas as pd
 import pytest
+from packaging.requirements import Requirement
 
 from raykd import tracking
 from raykd.config import RaykdConfig
@@ -28,7 +29,7 @@ def test_logged_requirements_are_raykds_and_loading_warns_nothing(tmp_path, tiny
     with open(reqs) as f:
         logged = [line.strip() for line in f if line.strip()]
     assert logged == tracking.model_requirements()
-    names = [r.split(">")[0].split("=")[0] for r in logged]
+    names = [Requirement(r).name for r in logged]
     # ray: the model's class is imported from raykd.tracking, which imports Ray's MLflow integration.
     assert {"torch", "transformers", "datasets", "mlflow", "ray"} <= set(names) and "raykd" not in names
     model = mlflow.pyfunc.load_model(f"models:/raykd-student/{out['version']}")
