@@ -113,8 +113,11 @@ def fake_autoscaling_config(port: int, head_cpus: int, worker_types: dict[str, d
     provider = {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
                 "disable_node_updaters": True, "disable_launch_config_check": True}
     if autoscaler_v2:
-        # What Ray's AutoscalingCluster sets for its fake provider under the v2 autoscaler.
-        provider.update({"launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID})
+        # What Ray's AutoscalingCluster sets for its fake provider under the v2 autoscaler. The v2
+        # monitor reads the provider type's defaults file, which the wheel lacks for
+        # fake_multinode; as an external provider (the same class) it needs none.
+        provider.update({"type": "external", "launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID,
+                         "module": "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"})
     return {
         "cluster_name": f"fake{port}",
         "max_workers": sum(t["max_workers"] for t in worker_types.values()),
