@@ -161,6 +161,10 @@ class Browser:
                 await asyncio.sleep(1)
             await asyncio.sleep(settle_s)
             for selector, *text in actions:
+                if text and isinstance(text[0], int):
+                    await self._drag(ws, selector, text[0], url)
+                    await asyncio.sleep(1.5)
+                    continue
                 # A control that a later MLflow lays out differently is skipped, not fatal.
                 found = await self._js(ws, f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
                                            " if (!e) return false; e.click(); e.focus(); return true })()")
@@ -174,9 +178,30 @@ class Browser:
         out.write_bytes(base64.b64decode(shot["data"]))
         print(out)
 
+    async def _drag(self, ws, selector: str, dx: int, url: str) -> None:
+        """Drag the element ``dx`` pixels to the right with the browser's own mouse input (a column's
+        resize handle; it is grabbed in its left quarter: the next header cell covers its right half)."""
+        box = await self._js(ws, f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                                 " if (!e) return null; const r = e.getBoundingClientRect();"
+                                 " return [r.x + r.width / 4, r.y + r.height / 2] })()")
+        if not box:
+            print(f"mlflow_screenshot: no {selector} on {url}", file=sys.stderr)
+            return
+        x, y = box
+        await self._call(ws, "Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        await self._call(ws, "Input.dispatchMouseEvent", type="mousePressed", x=x, y=y, button="left", clickCount=1)
+        for step in range(1, 11):
+            await self._call(ws, "Input.dispatchMouseEvent", type="mouseMoved", x=x + dx * step / 10, y=y,
+                             button="left", buttons=1)
+        await self._call(ws, "Input.dispatchMouseEvent", type="mouseReleased", x=x + dx, y=y, button="left",
+                         clickCount=1)
+        # Away to an empty place, so that no header's tooltip is photographed.
+        await self._call(ws, "Input.dispatchMouseEvent", type="mouseMoved", x=x + dx, y=self.height - 150)
+
     def screenshot(self, url: str, ready_text: str, actions: list[tuple], out: Path, settle_s: float = 3.0) -> None:
         """Open ``url``, wait for ``ready_text``, then for each action ``(selector,)`` click that
-        element or ``(selector, text)`` click it and type the text; then photograph the page."""
+        element, ``(selector, text)`` click it and type the text, or ``(selector, pixels)`` drag it
+        that far to the right; then photograph the page."""
         asyncio.run(self._shoot(url, ready_text, actions, out, settle_s))
 
 
@@ -186,6 +211,9 @@ CLOSE_ASSISTANT = 'button[aria-label="Close"]'
 HIDE_SIDEBAR = 'button[aria-label="Toggle sidebar"]'
 EXPAND_PARENT = 'button[data-component-id*="runnamecellrenderer"]'
 CHART_SEARCH = 'input[placeholder="Search metric charts"]'
+# The runs table's Run Name column (ag-grid): its resize handle, dragged so that a trial run's name
+# (what the trial tried) is read whole.
+RUN_NAME_RESIZE = '.ag-header-cell[col-id="attributes.`Run Name`"] .ag-header-cell-resize'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         exp_id, run_id, run_name = study_run(base, args.experiment)
         # The runs table: the study run with its trial runs nested under it.
         browser.screenshot(f"{base}/#/experiments/{exp_id}/runs", run_name,
-                           [(CLOSE_ASSISTANT,), (HIDE_SIDEBAR,), (EXPAND_PARENT,)], out_dir / "mlflow-runs.png")
+                           [(CLOSE_ASSISTANT,), (HIDE_SIDEBAR,), (EXPAND_PARENT,), (RUN_NAME_RESIZE, 190)],
+                           out_dir / "mlflow-runs.png")
         # The panel, the sidebar and the expanded study stay so for the next pages (the browser
         # profile keeps them). The trial runs' metric by round, as MLflow charts them:
         browser.screenshot(f"{base}/#/experiments/{exp_id}/runs?compareRunsMode=CHART", run_name,
