@@ -5,6 +5,7 @@ train/finetune run, ``prepare``, ``evaluate`` and ``search``. Ray and MLflow sta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -63,14 +64,14 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     from raykd.prepare import prepare_study
 
     _start(cfg, mode, address, overwrite)
-    if tracker:
-        tracker.connect(cfg, tracking_uri)
     study, info = prepare_study(cfg, mode)
     from raykd import teacher_cache
     from raykd.schedule import check_accumulation
 
-    # Refused here in one line, not as a failed worker once the run has started.
+    # Refused here in one line (before MLflow is touched), not as a failed worker once the run has started.
     check_accumulation(cfg, teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"])
+    if tracker:
+        tracker.connect(cfg, tracking_uri)
     result = train.fit(cfg, mode, study=study)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
@@ -215,7 +216,14 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
             parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
             storage.write_text(parent_file, parent)
         callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent, spaces.searched_keys(params)))
-    summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
+    try:
+        summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
+    except BaseException:
+        # A second Ctrl-C (or a kill) while Tune stops: the open runs are marked KILLED all the same.
+        if tracker:
+            with contextlib.suppress(Exception):  # the error at hand is the one to show
+                tracker.mark_interrupted(parent)
+        raise
     summary["study"] = {**info, "teacher": study.teacher}
     if summary["interrupted"]:
         # Nothing is registered and nothing an unfinished trial needs was pruned.

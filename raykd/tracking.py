@@ -159,10 +159,11 @@ def _short_value(value: Any) -> str:
     return text if len(text) <= 32 else "…" + text[-31:]
 
 
-def trial_run_name(number: int | str, config: dict[str, Any], searched: list[str]) -> str:
-    """A trial run's name: its number in the search, then what it tried, e.g.
-    ``trial 3 · T 4.84 · alpha_ce 0.721 · lr 1.64e-4`` (constants and tied alphas left out)."""
-    parts = [f"trial {number}"]
+def trial_run_name(number: int | str, config: dict[str, Any], searched: list[str], trial_id: str | None = None) -> str:
+    """A trial run's name: its number in the search, the start of its id (as the console and the
+    summary name it), then what it tried, e.g. ``trial 3 (db375ef1) · T 4.84 · alpha_ce 0.721 ·
+    lr 1.64e-4`` (constants and tied alphas left out)."""
+    parts = [f"trial {number}" + (f" ({trial_id[:8]})" if trial_id else "")]
     for key in searched:
         if key in config:
             leaf = key.rsplit(".", 1)[-1]
@@ -202,7 +203,7 @@ class TrialRunsCallback(MLflowLoggerCallback):
                 self._trial_runs[trial] = run_id
         super().log_trial_start(trial)
         # Ray names the run after the trainable and trial id (`_trial_driver_8a…`), which says nothing.
-        name = trial_run_name(_trial_number(trial), trial.config or {}, self.searched)
+        name = trial_run_name(_trial_number(trial), trial.config or {}, self.searched, trial.trial_id)
         MlflowClient(self.tracking_uri).update_run(self._trial_runs[trial], name=name)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:

@@ -19,3 +19,8 @@ def test_values_read_short_whatever_their_kind():
     assert name == ("trial 12 · lr 3e-3 · layers [0,2,4] · batch_size 16 · epochs 2 · "
                     "student …-folder-name/bert-small-uncased")
     assert trial_run_name(1, {}, SEARCHED) == "trial 1"  # a key the config lacks is not invented
+
+
+def test_a_trial_run_name_carries_the_id_the_console_shows():
+    assert trial_run_name(2, {"distill.temperature": 5.94}, ["distill.temperature"], "db375ef1_00001") == \
+        "trial 2 (db375ef1) · T 5.94"
