@@ -444,7 +444,10 @@ class Recipe:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="raykd-ckpt-") as d:
             self.write_checkpoint(d, metrics, rngs)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            metric = objective.metric(self.cfg)
+            so_far = json.dumps([[h["round"], h[metric]] for h in st.history if metric in h])
+            ray.train.report({**metrics, objective.ROUND_SCORES: so_far},
+                             checkpoint=ray.train.Checkpoint.from_directory(d))
         st.seconds["checkpoint"] += time.perf_counter() - t0
 
     def write_checkpoint(self, folder: str, metrics: dict[str, Any], rngs: list[dict[str, Any]]) -> None:

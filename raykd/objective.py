@@ -11,6 +11,12 @@ from raykd.config import COSTS, RaykdConfig
 
 MODE = "max"  # every score raykd reports (F1, exact match, accuracy) is better higher
 
+# Reported with every round: the objective of every round so far, as JSON [[round, value], ...].
+# Rounds a run reported while its search was being interrupted reach Train's checkpoints but not
+# Tune; on resume the scheduler and the searcher judge them from this (a string: metric loggers
+# skip it).
+ROUND_SCORES = "round_scores"
+
 
 def metric(cfg: RaykdConfig) -> str:
     from raykd import tasks

@@ -68,11 +68,26 @@ class TruthfulOptunaSearch(OptunaSearch):
     The per-trial state lives in ``__dict__``, which Ray pickles with the searcher for resume.
     """
 
-    def __init__(self, *args, trial_score: str = "best", **kwargs):
+    def __init__(self, *args, trial_score: str = "best", stopped_uri: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._trial_score = trial_score
+        self._stopped_uri = stopped_uri  # where ASHA marks the trials it stopped (ResumableASHA)
         self._score: dict[str, float] = {}
         self._reported: dict[str, set[int]] = {}
+
+    def _last_told(self, trial_id: str) -> int:
+        return max(self._reported.get(trial_id) or {0})
+
+    def _unseen(self, trial_id: str, result: dict, upto: int) -> list[tuple[int, float]]:
+        """Rounds before ``upto`` this searcher was never told (an interrupted search's), from the
+        result's history; up to the round ASHA stopped the trial at, when it did."""
+        stop = stopped_at(self._stopped_uri, trial_id)
+        upto = upto if stop is None else min(upto, stop + 1)
+        return unseen_rounds(result, self._last_told(trial_id), upto)
+
+    def _keep(self, trial_id: str, value: float) -> None:
+        prev = self._score.get(trial_id)
+        self._score[trial_id] = value if prev is None or self._trial_score == "last" else self._better(prev, value)
 
     def _better(self, a: float, b: float) -> float:
         # Every score is better in MODE's direction (a multi-objective searcher's own mode is a list).
@@ -82,9 +97,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or self.metric not in result:
             return
         rnd = int(result.get("round", result[TRAINING_ITERATION]))
-        value = float(result[self.metric])
-        prev = self._score.get(trial_id)
-        self._score[trial_id] = value if prev is None or self._trial_score == "last" else self._better(prev, value)
+        for missed, value in self._unseen(trial_id, result, rnd):
+            self._tell(trial_id, result, missed, value)
+        self._tell(trial_id, result, rnd, float(result[self.metric]))
+
+    def _tell(self, trial_id: str, result: dict, rnd: int, value: float) -> None:
+        self._keep(trial_id, value)
         if rnd in self._reported.setdefault(trial_id, set()):
             return
         self._reported[trial_id].add(rnd)
@@ -96,7 +114,14 @@ class TruthfulOptunaSearch(OptunaSearch):
             pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result and self.metric in result:
+        stop = stopped_at(self._stopped_uri, trial_id) if result else None
+        if result and self.metric in result and stop is not None and int(result.get("round", 0)) > stop:
+            # ASHA stopped it at an earlier round than this result's (one judged from the
+            # history): only the rounds up to the stop are the trial's.
+            for missed, value in self._unseen(trial_id, result, stop + 1):
+                self._tell(trial_id, result, missed, value)
+            result = {k: v for k, v in result.items() if k != self.metric}
+        elif result and self.metric in result:
             # Tune hands a result that ends a trial (ASHA's max_t, or a stop) to on_trial_complete
             # only; record it as the trial's last intermediate value too.
             self.on_trial_result(trial_id, result)
@@ -124,9 +149,12 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or self._score_key not in result:
             return
-        value = float(result[self._score_key])
-        prev = self._score.get(trial_id)
-        self._score[trial_id] = value if prev is None or self._trial_score == "last" else self._better(prev, value)
+        rnd = int(result.get("round", result[TRAINING_ITERATION]))
+        for missed, value in self._unseen(trial_id, result, rnd):
+            self._keep(trial_id, value)
+            self._reported.setdefault(trial_id, set()).add(missed)
+        self._keep(trial_id, float(result[self._score_key]))
+        self._reported.setdefault(trial_id, set()).add(rnd)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -195,6 +223,7 @@ class ResumableASHA(ASHAScheduler):
         super().__init__(**kwargs)
         self._stopped: dict[str, int] = {}  # trial id -> the round ASHA stopped it at
         self._score: dict[str, float] = {}  # trial id -> its score so far
+        self._seen: dict[str, int] = {}  # trial id -> the last round this scheduler judged
         self._trial_score = trial_score
         self._score_metric = kwargs.get("metric")
         self._score_mode = kwargs.get("mode")
@@ -222,7 +251,7 @@ class ResumableASHA(ASHAScheduler):
                 saved = pickle.loads(f.read())
             self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
             self._num_stopped = saved["num_stopped"]
-            self._stopped, self._score = saved["stopped"], saved["score"]
+            self._stopped, self._score, self._seen = saved["stopped"], saved["score"], saved["seen"]
             for trial_id, round_ in self._stopped.items():
                 write_stopped(self._stopped_uri, trial_id, round_)
 
@@ -232,7 +261,7 @@ class ResumableASHA(ASHAScheduler):
         with fs.open_output_stream(tmp) as f:
             f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
                                   "num_stopped": self._num_stopped, "stopped": self._stopped,
-                                  "score": self._score}))
+                                  "score": self._score, "seen": self._seen}))
         fs.move(tmp, path)
 
     def _scored(self, trial_id: str, result: dict) -> dict:
@@ -254,20 +283,33 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.trial_id in self._stopped:
             return self.STOP
-        result = self._scored(trial.trial_id, result)
-        if result.get("final", False):
-            # Its rung gets it in on_trial_complete, when fit() has returned.
-            self._save()
-            return self.CONTINUE
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP:
-            self._stopped[trial.trial_id] = int(result.get(self._round_attr, 0))
+        decision, rnd = self.CONTINUE, int(result.get(self._round_attr, 0))
+        # Rounds this scheduler never saw (reported to Train while an interrupted search was
+        # stopping, then resumed past): judged first, each as it would have been, so a resumed
+        # trial meets every rung it passed with its score there.
+        for missed, value in unseen_rounds(result, self._seen.get(trial.trial_id, 0), rnd):
+            decision = self._judge(tune_controller, trial, {self._round_attr: missed, self._score_metric: value})
+            if decision == self.STOP:
+                self._stopped[trial.trial_id] = missed
+                break
+        if decision != self.STOP:
+            decision = self._judge(tune_controller, trial, result)
+            if decision == self.STOP:
+                self._stopped[trial.trial_id] = rnd
+        self._seen[trial.trial_id] = max(rnd, self._seen.get(trial.trial_id, 0))
         # The rungs first, then the marker: a kill between the two leaves a stop the restored
         # rungs know of, and __setstate__ writes its marker.
         self._save()
         if decision == self.STOP:
             write_stopped(self._stopped_uri, trial.trial_id, self._stopped[trial.trial_id])
         return decision
+
+    def _judge(self, tune_controller, trial, result: dict) -> str:
+        result = self._scored(trial.trial_id, result)
+        if result.get("final", False):
+            # Its rung gets it in on_trial_complete, when fit() has returned.
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         if trial.trial_id in self._trial_info:
@@ -277,6 +319,16 @@ class ResumableASHA(ASHAScheduler):
 
 
 STOPPED = "stopped"
+
+
+def unseen_rounds(result: dict, seen: int, current: int) -> list[tuple[int, float]]:
+    """(round, objective) of the rounds after ``seen`` and before ``current`` that the result's
+    history (:data:`raykd.objective.ROUND_SCORES`) holds: rounds a trial reported to Train that
+    never reached Tune (an interrupted search), in order."""
+    text = result.get(objective.ROUND_SCORES)
+    if not text:
+        return []
+    return [(int(r), float(v)) for r, v in json.loads(text) if seen < int(r) < current]
 
 
 def write_stopped(stopped_uri: str, trial_id: str, round_: int) -> None:
@@ -562,7 +614,7 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
         return SearchSetup(tuner, experiment_path)
     common = {"space": spaces.define_by_run(params), "study_name": s.name, "storage": optuna_storage(experiment_path),
                   "points_to_evaluate": [spaces.optuna_point(p, params) for p in s.points_to_evaluate] or None,
-                  "trial_score": the_plan.trial_score}
+                  "trial_score": the_plan.trial_score, "stopped_uri": stopped_uri}
     tpe = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=s.n_startup_trials)
     if the_plan.pareto:
         # Optuna's multi-objective samplers: TPE (MOTPE when given several objectives) or NSGA-II.

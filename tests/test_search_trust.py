@@ -186,3 +186,25 @@ def test_a_space_whose_accumulation_outlasts_an_epoch_is_refused_before_any_tria
     bad = spaces.parse({"optim.grad_accum_steps": {"type": "choice", "values": [1, 11]}}, "s.yaml")
     with pytest.raises(UserError, match=r"optim.grad_accum_steps \(11\)"):
         search.plan(cfg, bad, 160)
+
+
+def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
+    """B passes rung 2, then the search is interrupted while B's Train run goes on to round 4
+    (30: below A's 60 at rung 4) and is resumed from there. B's first result after the resume is
+    round 5 (70); its history holds rounds 3 and 4. ASHA judges round 4 first and stops B there,
+    as the uninterrupted search would have, and marks round 4 as B's last."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    s = search.ResumableASHA(str(tmp_path / "asha.pkl"), str(tmp_path / "stopped"), trial_score="last",
+                             time_attr="round", max_t=9, grace_period=2, reduction_factor=2)
+    s.set_search_properties("eval_f1", "max")
+    a, b = trial("A"), trial("B")
+    for t in (a, b):
+        s.on_trial_add(None, t)
+    for t, r, f1 in ((a, 2, 50.0), (a, 4, 60.0), (b, 2, 55.0)):
+        assert s.on_trial_result(None, t, {"round": r, "eval_f1": f1}) == CONTINUE
+    history = json.dumps([[1, 20.0], [2, 55.0], [3, 40.0], [4, 30.0], [5, 70.0]])
+    restored = pickle.loads(pickle.dumps(s))
+    assert restored.on_trial_result(None, b, {"round": 5, "eval_f1": 70.0, "round_scores": history}) == STOP
+    assert search.stopped_at(str(tmp_path / "stopped"), "B") == 4
+    assert search.unseen_rounds({"round_scores": history}, 2, 5) == [(3, 40.0), (4, 30.0)]
+    assert search.unseen_rounds({}, 2, 5) == []
