@@ -115,18 +115,18 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stop = stopped_at(self._stopped_uri, trial_id) if result else None
-        if result and self.metric in result and stop is not None and int(result.get("round", 0)) > stop:
+        past_stop = bool(result) and stop is not None and int(result.get("round", 0)) > stop
+        if result and self.metric in result and past_stop:
             # ASHA stopped it at an earlier round than this result's (one judged from the
-            # history): only the rounds up to the stop are the trial's.
+            # history): only the rounds up to the stop are the trial's, and it was pruned.
             for missed, value in self._unseen(trial_id, result, stop + 1):
                 self._tell(trial_id, result, missed, value)
-            result = {k: v for k, v in result.items() if k != self.metric}
         elif result and self.metric in result:
             # Tune hands a result that ends a trial (ASHA's max_t, or a stop) to on_trial_complete
             # only; record it as the trial's last intermediate value too.
             self.on_trial_result(trial_id, result)
         if result and not error:
-            if not result.get("final", True) or trial_id not in self._score:
+            if past_stop or not result.get("final", True) or trial_id not in self._score:
                 # Without the metric, OptunaSearch tells the trial as PRUNED.
                 result = {k: v for k, v in result.items() if k != self.metric}
             else:
@@ -159,10 +159,12 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        if result:
+        stop = stopped_at(self._stopped_uri, trial_id) if result else None
+        past_stop = bool(result) and stop is not None and int(result.get("round", 0)) > stop
+        if result and not past_stop:
             self.on_trial_result(trial_id, result)
         values, state = None, optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
-        if not error and result and result.get("final", False) and trial_id in self._score \
+        if not error and not past_stop and result and result.get("final", False) and trial_id in self._score \
                 and all(m in result for m in self.metric if m != self._score_key):
             values = [self._score[trial_id] if m == self._score_key else float(result[m]) for m in self.metric]
             state = optuna.trial.TrialState.COMPLETE
@@ -312,8 +314,10 @@ class ResumableASHA(ASHAScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if trial.trial_id in self._trial_info:
+        if trial.trial_id in self._trial_info and trial.trial_id not in self._stopped:
             # The last result was already scored in on_trial_result (scoring again is idempotent).
+            # A stopped trial is in the rung it was stopped at already: the result Tune ends it
+            # with may be a later round's (one judged from the history), which must enter no rung.
             super().on_trial_complete(tune_controller, trial, self._scored(trial.trial_id, result))
         self._save()
 

@@ -208,3 +208,9 @@ def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
     assert search.stopped_at(str(tmp_path / "stopped"), "B") == 4
     assert search.unseen_rounds({"round_scores": history}, 2, 5) == [(3, 40.0), (4, 30.0)]
     assert search.unseen_rounds({}, 2, 5) == []
+    # Tune ends B with the result it stopped on, a later round than its stop: B enters no rung
+    # past 4 (with the bug, rung 8 held B's 90 and cut C below).
+    restored.on_trial_complete(None, b, {"round": 9, "eval_f1": 90.0, "round_scores": history})
+    c = trial("C")
+    restored.on_trial_add(None, c)
+    assert restored.on_trial_result(None, c, {"round": 8, "eval_f1": 65.0}) == CONTINUE
