@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -363,7 +364,28 @@ def all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     return out
 
 
-# Names users bring from other trainers.
+def flat_settings(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict (:meth:`RaykdConfig.to_dict`) as {dotted setting: value}: sections are split
+    into their settings, and a setting whose value is a mapping (the space,
+    ``scaling.resources_per_worker``) stays one value."""
+    sections = _sections()
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and dotted in sections:
+            out.update(flat_settings(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+@functools.cache
+def _sections() -> frozenset[str]:
+    """The dotted names of the config's sections (``optim``, ``models.teacher_finetune``, ...)."""
+    return frozenset(k for k in all_keys() if any(o.startswith(k + ".") for o in all_keys()))
+
+
+
 _ALIASES = {"lr": "learning_rate", "epochs": "num_epochs", "temp": "temperature", "t": "temperature",
             "workers": "num_workers", "gpu": "use_gpu", "bs": "batch_size", "seq_len": "max_length",
             "stride": "doc_stride", "samples": "num_samples"}

@@ -17,7 +17,7 @@ import ray
 from raykd import data as data_mod
 from raykd import models, objective, study_store, tasks, teacher_cache
 from raykd.checkpoints import STATE_FILE
-from raykd.config import DISTILL, FINETUNE, RaykdConfig, storage_root
+from raykd.config import DISTILL, FINETUNE, RaykdConfig, flat_settings, storage_root
 from raykd.runspec import Study, as_finetune
 
 
@@ -68,22 +68,12 @@ NOT_IN_TEACHER_KEY = (
 )
 
 
-def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def teacher_key(ft_cfg: RaykdConfig, cache_dir: Path) -> str:
     """The cache key of the teacher that ``ft_cfg`` (:func:`teacher_finetune_config`) fine-tunes:
     its base model's files, its data as the prepared features key it, and every setting of the run
     as its workers receive it (:func:`raykd.runspec.as_finetune`) but :data:`NOT_IN_TEACHER_KEY`."""
     base = ft_cfg.models.student
-    settings = {key: value for key, value in _flat(as_finetune(ft_cfg).to_dict()).items()
+    settings = {key: value for key, value in flat_settings(as_finetune(ft_cfg).to_dict()).items()
                 if not any(key == x or key.startswith(x + ".") for x in NOT_IN_TEACHER_KEY)}
     return teacher_cache._digest(
         {

@@ -25,7 +25,7 @@ import os
 from typing import Any
 
 from raykd import storage
-from raykd.config import RaykdConfig, all_keys, storage_root
+from raykd.config import RaykdConfig, flat_settings, storage_root
 from raykd.errors import UserError
 
 RECORD_FILE = "raykd_resume.json"
@@ -58,27 +58,11 @@ def _path(key: str, value: Any) -> Any:
     return value
 
 
-# A section is split into its settings; a setting that holds a mapping (the space,
-# scaling.resources_per_worker) is one value.
-_SECTIONS = {k for k in all_keys() if k.count(".") < 2 and any(o.startswith(k + ".") for o in all_keys())}
-
-
-def _flat(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and dotted in _SECTIONS:
-            out.update(_flat(value, dotted))
-        else:
-            out[dotted] = _plain(_path(dotted, value))
-    return out
-
-
 def fingerprint(cfg: RaykdConfig, plan: dict[str, Any] | None = None,
                 study: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that changes what a trial computes, by dotted key: the resolved config less
     :data:`MAY_CHANGE`, plus ``plan.*`` and ``study.*`` when given."""
-    out = {k: v for k, v in _flat(cfg.to_dict()).items() if k not in MAY_CHANGE}
+    out = {k: _plain(_path(k, v)) for k, v in flat_settings(cfg.to_dict()).items() if k not in MAY_CHANGE}
     out.update({f"plan.{k}": _plain(v) for k, v in (plan or {}).items()})
     out.update({f"study.{k}": _plain(v) for k, v in (study or {}).items()})
     return out

@@ -81,9 +81,15 @@ class TruthfulOptunaSearch(OptunaSearch):
     def _unseen(self, trial_id: str, result: dict, upto: int) -> list[tuple[int, float]]:
         """Rounds before ``upto`` this searcher was never told (an interrupted search's), from the
         result's history; up to the round ASHA stopped the trial at, when it did."""
-        stop = stopped_at(self._stopped_uri, trial_id)
-        upto = upto if stop is None else min(upto, stop + 1)
-        return unseen_rounds(result, self._last_told(trial_id), upto)
+        missed = unseen_rounds(result, self._last_told(trial_id), upto)
+        stop = stopped_at(self._stopped_uri, trial_id) if missed else None  # read only when needed
+        return missed if stop is None else [(r, v) for r, v in missed if r <= stop]
+
+    def _past_stop(self, trial_id: str, result: dict | None) -> int | None:
+        """The round ASHA stopped the trial at, when ``result`` (the one Tune ends it with) is a
+        later round's: a stop judged from the history of rounds Tune never saw."""
+        stop = stopped_at(self._stopped_uri, trial_id) if result else None
+        return stop if stop is not None and int(result.get("round", 0)) > stop else None
 
     def _keep(self, trial_id: str, value: float) -> None:
         prev = self._score.get(trial_id)
@@ -114,8 +120,8 @@ class TruthfulOptunaSearch(OptunaSearch):
             pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stop = stopped_at(self._stopped_uri, trial_id) if result else None
-        past_stop = bool(result) and stop is not None and int(result.get("round", 0)) > stop
+        stop = self._past_stop(trial_id, result)
+        past_stop = stop is not None
         if result and self.metric in result and past_stop:
             # ASHA stopped it at an earlier round than this result's (one judged from the
             # history): only the rounds up to the stop are the trial's, and it was pruned.
@@ -159,8 +165,7 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        stop = stopped_at(self._stopped_uri, trial_id) if result else None
-        past_stop = bool(result) and stop is not None and int(result.get("round", 0)) > stop
+        past_stop = self._past_stop(trial_id, result) is not None
         if result and not past_stop:
             self.on_trial_result(trial_id, result)
         values, state = None, optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED
