@@ -180,8 +180,9 @@ def cmd_search(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from raykd import onnx_export, preflight
+    from raykd import preflight
     from raykd.config import LatencyConfig
+    from raykd.serving import onnx_export
 
     flags = {"device": args.latency_device, "runs": args.runs, "warmup_runs": args.warmup, "threads": args.threads}
     names = {"device": "--latency-device", "runs": "--runs", "warmup_runs": "--warmup", "threads": "--threads"}

@@ -32,7 +32,8 @@ from transformers import BertConfig, BertForQuestionAnswering, DistilBertConfig,
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from raykd import losses, models, tasks
+from raykd import tasks
+from raykd.training import losses, models
 
 MODES = ("plain", "online", "cached")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raykd import plots
+from raykd.tracking import plots
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "quickstart-eval_f1-by-round.png"
 

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from raykd import config as config_mod
-from raykd import models, tasks
+from raykd import tasks
 from raykd.errors import UserError
+from raykd.training import models
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -402,7 +403,7 @@ def check_export(model: str, out_dir: str, max_length: int, overwrite: bool = Fa
     """``cli.py export``: a model folder with weights and a tokenizer, a ``--max-length`` it has
     positions for, measurement settings in range (``flags``: their names on the command line), an
     output folder that can be written, and the ONNX packages installed."""
-    from raykd import onnx_export
+    from raykd.serving import onnx_export
 
     if lc is not None:
         config_mod.check_latency(lc, names=flags)

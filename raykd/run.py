@@ -12,8 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from raykd import architectures, objective, preflight
+from raykd import objective, preflight
 from raykd.config import DISTILL, RaykdConfig, experiment_path, storage_root, with_values
+from raykd.serving import architectures
 
 # The order of every command: config and space checks (on load), preflight (files, models,
 # experiment folder, the tracking store's reachability), then Ray, then the cluster's resources,
@@ -34,7 +35,7 @@ def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
     """The tracking module once its store is known to answer (nothing written yet), or None."""
     if not (enabled and cfg.tracking.enabled):
         return None
-    from raykd import tracking
+    from raykd.tracking import runs as tracking
 
     tracking.check(cfg, tracking_uri)
     return tracking
@@ -42,7 +43,7 @@ def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
 
 def _start(cfg: RaykdConfig, mode: str | None, address: str | None, overwrite: bool, driver_cpu: float = 0.0) -> None:
     """Ray, the check that its cluster can ever hold a run, then --overwrite's removal."""
-    from raykd import train
+    from raykd.training import trainer as train
 
     train.init_ray(address)
     train.check_resources(cfg, driver_cpu)
@@ -60,13 +61,14 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     cfg = preflight.resolve_data(cfg)
     preflight.check(cfg, mode, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)
-    from raykd import storage, train  # ray, torch: after the checks, which then answer in a second
-    from raykd.prepare import prepare_study
+    from raykd import storage  # ray, torch: after the checks, which then answer in a second
+    from raykd.study.prepare import prepare_study
+    from raykd.training import trainer as train
 
     _start(cfg, mode, address, overwrite)
     study, info = prepare_study(cfg, mode)
-    from raykd import teacher_cache
-    from raykd.schedule import check_accumulation
+    from raykd.study import cache as teacher_cache
+    from raykd.training.schedule import check_accumulation
 
     # Refused here in one line (before MLflow is touched), not as a failed worker once the run has started.
     check_accumulation(cfg, teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"])
@@ -99,8 +101,8 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
 def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
     cfg = preflight.resolve_data(cfg)
     preflight.check(cfg, DISTILL, experiment=False)
-    from raykd import train
-    from raykd.prepare import prepare_study
+    from raykd.study.prepare import prepare_study
+    from raykd.training import trainer as train
 
     _begin()
     train.init_ray(address)
@@ -116,8 +118,9 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
     optionally writes the answers in the official script's format and the n-best lists
     (:mod:`raykd.predictions`)."""
     preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
-    from raykd import data, inference, models, predictions
-    from raykd.tasks.squad import HEAD
+    from raykd.tasks.qa import data, inference, predictions
+    from raykd.tasks.qa.task import HEAD
+    from raykd.training import models
 
     tok = models.load_tokenizer(model)
     qa = models.load_model(model, HEAD)
@@ -152,20 +155,20 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         spaces.check_point(point, params, cfg.source, cfg)
     preflight.check(cfg, DISTILL, params, search=True, resume=resume, overwrite=overwrite)
     if resume:
-        from raykd import resume as resume_check
+        from raykd.search import resume as resume_check
 
         resume_check.check(cfg)  # a changed setting (a teacher, a data path) is refused before Ray starts
     archs = None
     if objective.needs_costs(cfg):
-        from raykd import onnx_export
+        from raykd.serving import onnx_export
 
         architectures.check_space(params, cfg.source)
         onnx_export.require_onnx()  # latency is measured in ONNX Runtime
         archs = architectures.all_of(params, cfg)
     tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
-    from raykd import search as search_mod  # ray, optuna, torch: after the checks
-    from raykd import teacher_cache
-    from raykd.prepare import prepare_study
+    from raykd.search import tuner as search_mod  # ray, optuna, torch: after the checks
+    from raykd.study import cache as teacher_cache
+    from raykd.study.prepare import prepare_study
 
     _start(cfg, None, address, overwrite, driver_cpu=search_mod.DRIVER_CPU)
     if tracker:
@@ -177,8 +180,8 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
     n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = search_mod.plan(cfg, params, n_features)
     if archs is not None:
-        from raykd import study_store
-        from raykd.prepare import study_place
+        from raykd.study import store as study_store
+        from raykd.study.prepare import study_place
 
         # Measured here, on the driver, before any trial runs and beside the study (the driver's
         # local cache): one number per architecture, and no training competes for the cores. A
@@ -196,7 +199,7 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
           + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
     # Before anything is logged: a resume with another plan or study (data or teacher files whose
     # contents changed) is refused here, and a new search records what it runs.
-    from raykd import resume as resume_check
+    from raykd.search import resume as resume_check
 
     planned, studied = search_mod.plan_record(the_plan), search_mod.study_record(study)
     if resume:

@@ -15,7 +15,7 @@ import pytest
 import ray_cluster
 import yaml
 
-from raykd import train
+from raykd.training import trainer as train
 
 ROOT = Path(__file__).parents[1]
 # Trial workers need a resource only worker nodes have: the head (1 CPU, for the trial drivers)

@@ -185,7 +185,7 @@ def world(tmp_path_factory, tiny_models):
     """Good inputs outside the cases' working directories: models, data and a good config."""
     from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
 
-    from raykd import synthetic
+    from raykd.tasks.qa import synthetic
 
     root = tmp_path_factory.mktemp("world")
     (root / "train.json").write_text(json.dumps(synthetic.generate(20, seed=1)))

@@ -10,10 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raykd import losses, models, preflight, spaces, tasks, teacher_cache
+from raykd import preflight, spaces, tasks
 from raykd.config import ConfigError, DataConfig, RaykdConfig, load_config
-from raykd.tasks import classification, sentiment, text_data
+from raykd.study import cache as teacher_cache
 from raykd.tasks.base import DataError
+from raykd.tasks.classification import data as text_data
+from raykd.tasks.classification import synthetic as sentiment
+from raykd.tasks.classification import task as classification
+from raykd.training import losses, models
 
 CLS = tasks.get("classification")
 

@@ -101,7 +101,7 @@ def test_train_then_evaluate_through_the_cli(tmp_path, tiny_models):
     assert run.data.params["distill.temperature"] == "3.0"
     assert len(client.get_metric_history(run.info.run_id, "eval_f1")) == 2
     data = tmp_path / "cache-free-dev.json"
-    data.write_text(json.dumps(__import__("raykd.synthetic", fromlist=["generate"]).generate(20, seed=5)))
+    data.write_text(json.dumps(__import__("raykd.tasks.qa.synthetic", fromlist=["generate"]).generate(20, seed=5)))
     ev = cli("evaluate", "--model", summary["checkpoint"], "--data", str(data), "--max-length", "96",
              "--doc-stride", "32", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr[-2000:]

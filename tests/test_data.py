@@ -2,9 +2,9 @@ import json
 
 from conftest import write_squad
 
-from raykd import data, synthetic
 from raykd.config import DataConfig
-from raykd.tasks.squad import HEAD as QA_HEAD
+from raykd.tasks.qa import data, synthetic
+from raykd.tasks.qa.task import HEAD as QA_HEAD
 
 
 def _examples(context, question, text, start, qid="q1"):
@@ -77,7 +77,7 @@ def test_eval_features_keep_ids_and_context_offsets(tok):
 
 
 def test_distilbert_tokenizer_still_gets_segment_ids(tiny_models):
-    from raykd import models
+    from raykd.training import models
 
     tok = models.load_tokenizer(str(tiny_models["distilbert"]))
     ctx = "Oslo is in Norway."

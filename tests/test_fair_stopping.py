@@ -6,7 +6,7 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from raykd.fair_stopping import ArchitectureOf, PerArchitectureScheduler, key_of_values
+from raykd.search.schedulers import ArchitectureOf, PerArchitectureScheduler, key_of_values
 
 ARCH = ArchitectureOf(["models.init_from_teacher_layers"])
 SMALL = key_of_values({"models.init_from_teacher_layers": [0, 5]})

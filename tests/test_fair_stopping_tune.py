@@ -9,7 +9,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from raykd.fair_stopping import PerArchitectureScheduler, key_of_values
+from raykd.search.schedulers import PerArchitectureScheduler, key_of_values
 
 pytestmark = pytest.mark.integration
 LAYERS = "models.init_from_teacher_layers"

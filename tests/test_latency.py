@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 from transformers import AutoConfig, BertConfig, DistilBertConfig
 
-from raykd import latency
 from raykd.config import LatencyConfig
-from raykd.latency import ArchKey, LatencyCache, LatencyError, Measurement
+from raykd.serving import latency
+from raykd.serving.latency import ArchKey, LatencyCache, LatencyError, Measurement
 
 QA = "BertForQuestionAnswering"
 

@@ -6,9 +6,9 @@ import pytest
 
 from raykd.config import DISTILL, FINETUNE, RaykdConfig
 from raykd.errors import UserError
-from raykd.loop import LoopState, train_loader
-from raykd.runspec import RunSpec, Study
-from raykd.schedule import check_accumulation, schedule
+from raykd.study.runspec import RunSpec, Study
+from raykd.training.loop import LoopState, train_loader
+from raykd.training.schedule import check_accumulation, schedule
 
 
 def _study():

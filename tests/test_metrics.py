@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from raykd import metrics
+from raykd.tasks.qa import metrics
 
 # (prediction, gold answers, EM, F1) worked out by hand from the official SQuAD v1.1 evaluation
 # script's rules: lower-case, strip ASCII punctuation, drop a/an/the, collapse whitespace; max over

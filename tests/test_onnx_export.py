@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from cli import main
-from raykd import onnx_export
 from raykd.config import LatencyConfig
-from raykd.onnx_export import ExportError
+from raykd.serving import onnx_export
+from raykd.serving.onnx_export import ExportError
 
 ROOT = Path(__file__).parents[1]
 FAST = LatencyConfig(runs=5, warmup_runs=1, threads=1)

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from raykd import pareto
-from raykd.pareto import Objective, ParetoError
+from raykd.serving import pareto
+from raykd.serving.pareto import Objective, ParetoError
 
 F1_LAT = pareto.objectives(["eval_f1", "latency_ms"])
 

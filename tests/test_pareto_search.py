@@ -12,8 +12,10 @@ import optuna
 import pytest
 import yaml
 
-from raykd import architectures, pareto, search, spaces
+from raykd import spaces
 from raykd.config import ConfigError, RaykdConfig, load_config
+from raykd.search import tuner as search
+from raykd.serving import architectures, pareto
 
 # --- pieces -------------------------------------------------------------------------------------
 
@@ -235,7 +237,7 @@ def test_a_search_with_no_student_within_its_budget_takes_the_alias_away(tmp_pat
     import mlflow
     from mlflow import MlflowClient
 
-    from raykd import tracking
+    from raykd.tracking import runs as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # MLflow keeps the tracking URI in the environment too: both are restored after the test.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from raykd import synthetic
+from raykd.tasks.qa import synthetic
 
 ROOT = Path(__file__).parents[1]
 

@@ -11,11 +11,11 @@ import torch
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
-from raykd import loop
-from raykd.checkpoints import STATE_FILE, read_meta
 from raykd.config import DISTILL, RaykdConfig
-from raykd.prepare import prepare_study
-from raykd.runspec import RunSpec
+from raykd.study.prepare import prepare_study
+from raykd.study.runspec import RunSpec
+from raykd.training import loop
+from raykd.training.checkpoints import STATE_FILE, read_meta
 
 pytestmark = pytest.mark.integration
 

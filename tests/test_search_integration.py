@@ -13,9 +13,10 @@ import pytest
 import ray
 import yaml
 
-from raykd import run, search
+from raykd import run
 from raykd.config import load_config
-from raykd.metrics import METRIC
+from raykd.search import tuner as search
+from raykd.tasks.qa.metrics import METRIC
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[1]

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from raykd import schedule, search, spaces
+from raykd import spaces
 from raykd.config import RaykdConfig, load_config
+from raykd.search import tuner as search
+from raykd.training import schedule
 
 ROOT = Path(__file__).parents[1]
 

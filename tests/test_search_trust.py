@@ -10,10 +10,11 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from raykd import resume, search
 from raykd.config import RaykdConfig, all_keys, with_values
 from raykd.errors import UserError
-from raykd.fair_stopping import ArchitectureOf, PerArchitectureScheduler, key_of_values
+from raykd.search import resume
+from raykd.search import tuner as search
+from raykd.search.schedulers import ArchitectureOf, PerArchitectureScheduler, key_of_values
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 ARCH = ArchitectureOf(["models.init_from_teacher_layers"])

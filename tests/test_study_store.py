@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from raykd import storage, study_store, tasks
+from raykd import storage, tasks
 from raykd.config import DataConfig
-from raykd.teacher_cache import prepare_features, prepare_teacher_logits
+from raykd.study import store as study_store
+from raykd.study.cache import prepare_features, prepare_teacher_logits
 
 
 def _bucket(tmp_path, *parts):

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from raykd import config as config_mod
-from raykd import losses, models, prepare, tasks, teacher_cache
+from raykd import tasks
 from raykd.config import DataConfig, OptimConfig, RaykdConfig, TeacherFinetuneConfig, with_values
-from raykd.tasks.squad import HEAD as QA_HEAD
+from raykd.study import cache as teacher_cache
+from raykd.study import prepare
+from raykd.tasks.qa.task import HEAD as QA_HEAD
+from raykd.training import losses, models
 
 QA = tasks.get("question_answering")
 

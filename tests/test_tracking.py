@@ -1,6 +1,6 @@
 """raykd.tracking's pure parts: how a trial run is named in the MLflow UI (no store, no Ray)."""
 
-from raykd.tracking import trial_run_name
+from raykd.tracking.runs import trial_run_name
 
 SEARCHED = ["distill.temperature", "distill.alpha_ce", "optim.learning_rate"]
 

@@ -8,11 +8,11 @@ import pytest
 import ray
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-from raykd import train
 from raykd.config import RaykdConfig
-from raykd.metrics import METRIC
-from raykd.prepare import prepare_study
-from raykd.runspec import RunSpec
+from raykd.study.prepare import prepare_study
+from raykd.study.runspec import RunSpec
+from raykd.tasks.qa.metrics import METRIC
+from raykd.training import trainer as train
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ this package; see :mod:`raykd.tasks.base` for what a task owns."""
 from __future__ import annotations
 
 from raykd.tasks.base import Built, Column, DataError, Score, Task
-from raykd.tasks.classification import Classification
-from raykd.tasks.squad import QuestionAnswering
+from raykd.tasks.classification.task import Classification
+from raykd.tasks.qa.task import QuestionAnswering
 
 _TASKS: dict[str, Task] = {t.name: t for t in (QuestionAnswering(), Classification())}
 

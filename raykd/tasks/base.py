@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset
 
-    from raykd.models import Head
+    from raykd.training.models import Head
 
 
 class DataError(UserError):

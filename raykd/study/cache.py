@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from datasets import Dataset, load_from_disk
 
-from raykd import data as data_mod
-from raykd import models, tasks
+from raykd import tasks
 from raykd.config import DataConfig
 from raykd.console import progress_line
 from raykd.tasks import Task
+from raykd.tasks.qa import data as data_mod
+from raykd.training import models
 
 log = logging.getLogger(__name__)
 

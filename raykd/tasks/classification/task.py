@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from raykd import data as data_mod
 from raykd.config import DataConfig, RaykdConfig
-from raykd.models import Head
-from raykd.tasks import sentiment, text_data
 from raykd.tasks.base import Built, Column, DataError, Score, Task
+from raykd.tasks.classification import data as text_data
+from raykd.tasks.classification import synthetic as sentiment
+from raykd.tasks.qa import data as data_mod
+from raykd.training.models import Head
 
 ACCURACY = "eval_accuracy"
 F1 = "eval_f1"
@@ -90,7 +91,7 @@ def predict_logits(model, features, batch_size: int = 64, device="cpu", autocast
     """Class logits, float32 [N, C], of every feature."""
     import torch
 
-    from raykd import models
+    from raykd.training import models
 
     inner = getattr(model, "module", model)
     was_training = inner.training
@@ -212,7 +213,7 @@ class Classification(Task):
         return None
 
     def hard_loss(self, logits, batch):
-        from raykd import losses
+        from raykd.training import losses
 
         return losses.hard_ce_loss(logits, batch["labels"][:, None])
 
@@ -235,7 +236,7 @@ class Classification(Task):
         import pandas as pd
         import torch
 
-        from raykd import models
+        from raykd.training import models
 
         tokenizer = models.load_tokenizer(model_dir)
         model = models.load_model(model_dir, head(settings["num_labels"])).eval()

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from raykd.metrics import METRIC, MODE
+from raykd.tasks.qa.metrics import METRIC, MODE
 
 Direction = Literal["max", "min"]
 

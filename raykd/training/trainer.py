@@ -18,12 +18,12 @@ import ray.train
 from ray.train.torch import TorchTrainer
 
 from raykd import objective
-from raykd.checkpoints import META_FILE
 from raykd.config import DISTILL, FINETUNE, RaykdConfig, run_name, storage_root
 from raykd.errors import UserError
-from raykd.loop import train_loop_per_worker
 from raykd.objective import MODE
-from raykd.runspec import RunSpec, Study
+from raykd.study.runspec import RunSpec, Study
+from raykd.training.checkpoints import META_FILE
+from raykd.training.loop import train_loop_per_worker
 
 __all__ = [
     "DISTILL",
@@ -357,7 +357,7 @@ def init_ray(address: str | None = None) -> None:
 def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | None = None) -> ray.train.Result:
     """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
     if study is None:
-        from raykd.prepare import prepare_study
+        from raykd.study.prepare import prepare_study
 
         study, _ = prepare_study(cfg, mode)
     trainer = build_trainer(RunSpec.of(cfg, mode, study), name or run_name(cfg, mode))

@@ -147,7 +147,8 @@ def measure(cfg: RaykdConfig, architectures: list[dict[str, Any]], teacher: str,
             say: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """{architecture key: {latency_ms, params, size_mb}} for each architecture, measured on this
     machine (or taken from the cache in ``cache_dir``) with ``cfg.latency`` at ``data.max_length``."""
-    from raykd import latency, tasks
+    from raykd import tasks
+    from raykd.serving import latency
 
     cache = latency.LatencyCache(Path(cache_dir) / "latency")
     task = tasks.get(cfg.task)

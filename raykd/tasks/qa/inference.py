@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from raykd import data as data_mod
-from raykd import metrics, models
 from raykd.console import progress_line
+from raykd.tasks.qa import data as data_mod
+from raykd.tasks.qa import metrics
+from raykd.training import models
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raykd import synthetic
 from raykd.config import DataConfig
 from raykd.errors import UserError
+from raykd.tasks.qa import synthetic
 
 if TYPE_CHECKING:
     from datasets import Dataset

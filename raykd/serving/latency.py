@@ -108,7 +108,7 @@ def arch_key(config: Any, max_length: int, lc: LatencyConfig | None = None, task
     """The key of a student's architecture from its config (a transformers config or the dict of
     its config.json). ``task``: the model class that will be served (default: the config's first
     ``architectures`` entry)."""
-    from raykd.onnx_export import hardware
+    from raykd.serving.onnx_export import hardware
 
     lc = lc or LatencyConfig()
     if precision not in PRECISIONS:
@@ -220,7 +220,7 @@ def student_config(student: str, init_layers: Sequence[int] | None = None, init_
     ``student`` checkpoint's own config."""
     from transformers import AutoConfig
 
-    from raykd import models
+    from raykd.training import models
 
     source = init_source if init_layers else student
     if init_layers and not init_source:
@@ -244,7 +244,8 @@ def measure_config(config: Any, head: str, max_length: int, lc: LatencyConfig, p
     import torch
     import transformers
 
-    from raykd import models, onnx_export
+    from raykd.serving import onnx_export
+    from raykd.training import models
 
     check_latency(lc)
     cls = getattr(transformers, head, None)

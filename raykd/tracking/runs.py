@@ -28,9 +28,9 @@ from packaging.utils import canonicalize_name
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
 from raykd import errors, objective, storage, tasks
-from raykd.checkpoints import NOT_MODEL_FILES
 from raykd.config import COSTS, RaykdConfig
 from raykd.errors import UserError
+from raykd.training.checkpoints import NOT_MODEL_FILES
 
 # Logged per round besides every evaluation score (``eval_*``: the task's scores).
 LOGGED_METRICS = ("train_loss", "train_kd", "train_ce", "train_cos", "learning_rate", "samples_per_sec", "epoch",
@@ -318,7 +318,7 @@ def _log_front(summary: dict[str, Any], config_of, teacher: str | None) -> list[
     to ONNX (parity-checked, timed) and logged as a pyfunc model that carries the ONNX folder,
     registered as a version tagged with its costs and score; the best within the latency budget
     gets the alias."""
-    from raykd import onnx_export
+    from raykd.serving import onnx_export
 
     rows = {r["trial_id"]: r for r in summary["trials"]}
     best = summary.get("best") or {}
@@ -354,7 +354,7 @@ def _log_plots(summary: dict[str, Any], study=None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from raykd import plots
+    from raykd.tracking import plots
 
     fig = plots.rounds_figure(summary)
     mlflow.log_figure(fig, f"plots/{summary['metric']}_by_round.png")

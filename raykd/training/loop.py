@@ -33,13 +33,15 @@ import ray.train.torch
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from raykd import losses, models, objective, tasks, teacher_cache
-from raykd.checkpoints import META_FILE, STATE_FILE
+from raykd import objective, tasks
 from raykd.config import OptimConfig
 from raykd.console import duration
 from raykd.errors import TrialFailed
-from raykd.runspec import RunSpec
-from raykd.schedule import eval_points, schedule
+from raykd.study import cache as teacher_cache
+from raykd.study.runspec import RunSpec
+from raykd.training import losses, models
+from raykd.training.checkpoints import META_FILE, STATE_FILE
+from raykd.training.schedule import eval_points, schedule
 
 TIMED = ("setup", "train", "eval", "checkpoint")
 

@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 import ray
 
-from raykd import data as data_mod
-from raykd import models, objective, study_store, tasks, teacher_cache
-from raykd.checkpoints import STATE_FILE
+from raykd import objective, tasks
 from raykd.config import DISTILL, FINETUNE, RaykdConfig, flat_settings, storage_root
-from raykd.runspec import Study, as_finetune
+from raykd.study import cache as teacher_cache
+from raykd.study import store as study_store
+from raykd.study.runspec import Study, as_finetune
+from raykd.tasks.qa import data as data_mod
+from raykd.training import models
+from raykd.training.checkpoints import STATE_FILE
 
 
 def study_place(cfg: RaykdConfig) -> study_store.Place:
@@ -104,7 +107,7 @@ def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
             print(f"[raykd] teacher published to {remote}", flush=True)
         return str(target)
     print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
-    from raykd import train  # the teacher is made by an ordinary fine-tuning run
+    from raykd.training import trainer as train  # the teacher is made by an ordinary fine-tuning run
 
     result = train.fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
     metric = objective.metric(ft_cfg)
@@ -188,7 +191,7 @@ def _remote_compute(prepared: str, teacher: str, cfg: RaykdConfig | None = None)
     not the driver's paths."""
     if not ray.is_initialized():
         return None
-    from raykd import train  # Ray Train: only once Ray is up
+    from raykd.training import trainer as train  # Ray Train: only once Ray is up
 
     largest = train.cluster_at_largest()
     if largest is None:

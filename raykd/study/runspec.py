@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raykd import study_store
 from raykd.config import FINETUNE, RaykdConfig, with_values
+from raykd.study import store as study_store
 
 
 @dataclass

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from raykd import data as data_mod
-from raykd import metrics
 from raykd.config import DataConfig, RaykdConfig
-from raykd.models import Head
 from raykd.tasks.base import Built, Column, Score, Task
+from raykd.tasks.qa import data as data_mod
+from raykd.tasks.qa import metrics
+from raykd.training.models import Head
 
 # More questions than this share whose answer_start does not point at their answer text, and the
 # file is refused: its offsets are not character offsets into the context (bytes, tokens, another
@@ -99,14 +99,14 @@ class QuestionAnswering(Task):
     def hard_loss(self, logits, batch):
         import torch
 
-        from raykd import losses
+        from raykd.training import losses
 
         gold = torch.stack([batch["start_positions"], batch["end_positions"]], dim=1)
         return losses.hard_ce_loss(logits, gold, self.mask(batch))
 
     def evaluate(self, model, features, examples, cfg: DataConfig, batch_size: int, device="cpu",
                  autocast_dtype=None) -> dict[str, float]:
-        from raykd import inference
+        from raykd.tasks.qa import inference
 
         scores, _ = inference.evaluate(model, features, examples, cfg.n_best, cfg.max_answer_length, batch_size,
                                        device, autocast_dtype)
@@ -128,7 +128,8 @@ class QuestionAnswering(Task):
         the context); long contexts use the same sliding windows as evaluation."""
         import pandas as pd
 
-        from raykd import inference, models
+        from raykd.tasks.qa import inference
+        from raykd.training import models
 
         tokenizer = models.load_tokenizer(model_dir)
         model = models.load_model(model_dir, HEAD).eval()

@@ -36,15 +36,18 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raykd import architectures, errors, objective, pareto, spaces, storage, teacher_cache, train
-from raykd.checkpoints import META_FILE
+from raykd import errors, objective, spaces, storage
 from raykd.config import COSTS, DISTILL, RaykdConfig, storage_root, with_values
 from raykd.errors import TrialFailed, UserError
-from raykd.fair_stopping import PerArchitectureScheduler
 from raykd.objective import MODE
-from raykd.prepare import prepare_study
-from raykd.runspec import RunSpec, Study
-from raykd.schedule import check_accumulation, expected_rounds
+from raykd.search.schedulers import PerArchitectureScheduler
+from raykd.serving import architectures, pareto
+from raykd.study import cache as teacher_cache
+from raykd.study.prepare import prepare_study
+from raykd.study.runspec import RunSpec, Study
+from raykd.training import trainer as train
+from raykd.training.checkpoints import META_FILE
+from raykd.training.schedule import check_accumulation, expected_rounds
 
 DRIVER_CPU = 0.01  # the trial driver only waits on its TorchTrainer; 0 is rejected by Tune
 TRAIN_RUNS = "train_runs"
