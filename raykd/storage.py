@@ -5,19 +5,39 @@ environment (an instance profile, ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` for 
 server).
 
 Owns: resolving a location to (filesystem, path), copying files and folders up and down, small
-text files (summary, run ids), and turning the scheme-less paths Ray reports back into URIs.
-Nothing here knows about studies, trials or Ray.
+text files (summary, run ids), turning the scheme-less paths Ray reports back into URIs, and the
+write-then-rename naming every local cache file uses (:func:`temp_name`, :func:`write_once`).
+Nothing here knows about studies, trials, tasks or Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+
+def temp_name(path: Path) -> Path:
+    """A sibling of ``path`` to write before renaming it onto ``path``: hidden, and unique to this
+    host and process, so that concurrent writers (trials, nodes sharing a cache) never write the
+    same temporary and a reader never sees half a file."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def write_once(path: Path, make_text: Callable[[], str]) -> Path:
+    """Write the local file ``path`` unless it exists, whole (under a temporary name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = temp_name(path)
+        tmp.write_text(make_text())
+        tmp.replace(path)
+    return path
 
 
 def is_remote(location: str) -> bool:

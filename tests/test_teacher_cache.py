@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from raykd import config as config_mod
-from raykd import tasks
+from raykd import storage, tasks
 from raykd.config import DataConfig, OptimConfig, RaykdConfig, TeacherFinetuneConfig, with_values
 from raykd.study import cache as teacher_cache
 from raykd.study import prepare
+from raykd.tasks.qa import data as qa_data
 from raykd.tasks.qa.task import HEAD as QA_HEAD
 from raykd.training import losses, models
 
@@ -112,19 +113,19 @@ def test_a_build_killed_midway_leaves_no_prepared_folder(tmp_path, data_cfg, tin
     """Features are built under a temporary name and renamed whole: a build that dies while
     writing leaves no folder a later run would take for prepared, and the next build succeeds."""
     teacher = str(tiny_models["bert"])
-    real = teacher_cache.data_mod.build_features
+    real = qa_data.build_features
 
     def dies_on_eval(examples, tok, max_length, doc_stride, train):  # raykd.data's, which the QA task calls
         if not train:
             raise KeyboardInterrupt  # as if killed after the training features were written
         return real(examples, tok, max_length, doc_stride, train)
 
-    monkeypatch.setattr(teacher_cache.data_mod, "build_features", dies_on_eval)
+    monkeypatch.setattr(qa_data, "build_features", dies_on_eval)
     with pytest.raises(KeyboardInterrupt):
         teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     prepared = tmp_path / "prepared"
     assert not [p for p in prepared.iterdir() if not p.name.startswith(".")] and not _leftovers(tmp_path)
-    monkeypatch.setattr(teacher_cache.data_mod, "build_features", real)
+    monkeypatch.setattr(qa_data, "build_features", real)
     prep, built = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
     assert built and prep.manifest()["complete"] and not _leftovers(tmp_path)
 
@@ -134,7 +135,7 @@ def test_temporaries_of_a_dead_process_are_removed_and_logits_are_renamed_into_p
     fp_dir = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)[0].root
     # A build of another fingerprint by a process of this host that died (pid 2**22 + 1 is past
     # Linux's pid_max default range, so no live process has it).
-    dead = teacher_cache.data_mod.temp_name(fp_dir.with_name("other")).name.rsplit("-", 1)[0] + f"-{2**22 + 1}"
+    dead = storage.temp_name(fp_dir.with_name("other")).name.rsplit("-", 1)[0] + f"-{2**22 + 1}"
     (fp_dir.parent / dead).mkdir()
     data_cfg.max_length = 96
     prep, _ = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)

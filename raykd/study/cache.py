@@ -39,11 +39,10 @@ import numpy as np
 import torch
 from datasets import Dataset, load_from_disk
 
-from raykd import tasks
+from raykd import storage, tasks
 from raykd.config import DataConfig
 from raykd.console import progress_line
 from raykd.tasks import Task
-from raykd.tasks.qa import data as data_mod
 from raykd.training import models
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ class Prepared:
 
 def _remove_dead_temporaries(path: Path) -> None:
     """Temporaries of ``path`` left by a process of this host that is gone (killed midway)."""
-    prefix = data_mod.temp_name(path).name.rsplit("-", 1)[0] + "-"  # up to this process's pid
+    prefix = storage.temp_name(path).name.rsplit("-", 1)[0] + "-"  # up to this process's pid
     if not path.parent.is_dir():
         return
     for tmp in path.parent.glob(prefix + "*"):
@@ -138,7 +137,7 @@ def _remove_dead_temporaries(path: Path) -> None:
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    tmp = data_mod.temp_name(root / "manifest.json")
+    tmp = storage.temp_name(root / "manifest.json")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     tmp.replace(root / "manifest.json")
 
@@ -165,7 +164,7 @@ def prepare_features(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir
     if _complete(root):
         return Prepared(root), False
     _remove_dead_temporaries(root)
-    tmp = data_mod.temp_name(root)
+    tmp = storage.temp_name(root)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -300,7 +299,7 @@ def prepare_teacher_logits(
                            f"({manifest['n_train_features']}, heads, classes)")
     check_teacher(prepared.task(), logits, prepared.train())
     name = f"teacher-{tfp}.npy"
-    tmp = data_mod.temp_name(root / name)
+    tmp = storage.temp_name(root / name)
     try:
         with open(tmp, "wb") as f:
             np.save(f, logits.astype(np.float16))

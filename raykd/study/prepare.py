@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import ray
 
-from raykd import objective, tasks
+from raykd import objective, storage, tasks
 from raykd.config import DISTILL, FINETUNE, RaykdConfig, flat_settings, storage_root
 from raykd.study import cache as teacher_cache
 from raykd.study import store as study_store
 from raykd.study.runspec import Study, as_finetune
-from raykd.tasks.qa import data as data_mod
 from raykd.training import models
 from raykd.training.checkpoints import STATE_FILE
 
@@ -113,7 +112,7 @@ def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     metric = objective.metric(ft_cfg)
     best = train.best_checkpoint(result, metric)
     # Copied under a temporary name and renamed: a teacher folder is whole or absent.
-    tmp = data_mod.temp_name(target)
+    tmp = storage.temp_name(target)
     shutil.rmtree(tmp, ignore_errors=True)
     with best.as_directory() as d:
         shutil.copytree(d, tmp, ignore=shutil.ignore_patterns(STATE_FILE))

@@ -18,7 +18,6 @@ from raykd.config import DataConfig, RaykdConfig
 from raykd.tasks.base import Built, Column, DataError, Score, Task
 from raykd.tasks.classification import data as text_data
 from raykd.tasks.classification import synthetic as sentiment
-from raykd.tasks.qa import data as data_mod
 from raykd.training.models import Head
 
 ACCURACY = "eval_accuracy"
@@ -170,13 +169,15 @@ class Classification(Task):
     def data_files(self, cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None]:
         if not cfg.synthetic:
             return cfg.train_file, cfg.validation_file
+        from raykd import storage  # pyarrow: not for the config checks that read tasks
+
         root = cache_dir / "synthetic"
         n_train, n_eval, seed = cfg.synthetic_train_size, cfg.synthetic_eval_size, cfg.synthetic_seed
-        train = data_mod.write_once(root / f"sentiment-train-{n_train}-{seed}.jsonl",
-                                    lambda: sentiment.to_jsonl(sentiment.generate(n_train, seed)))
+        train = storage.write_once(root / f"sentiment-train-{n_train}-{seed}.jsonl",
+                                   lambda: sentiment.to_jsonl(sentiment.generate(n_train, seed)))
         # Another seed: evaluation sentences are new combinations.
-        valid = data_mod.write_once(root / f"sentiment-dev-{n_eval}-{seed + 1000}.jsonl",
-                                    lambda: sentiment.to_jsonl(sentiment.generate(n_eval, seed + 1000)))
+        valid = storage.write_once(root / f"sentiment-dev-{n_eval}-{seed + 1000}.jsonl",
+                                   lambda: sentiment.to_jsonl(sentiment.generate(n_eval, seed + 1000)))
         return str(train), str(valid)
 
     def feature_settings(self, cfg: DataConfig) -> dict[str, Any]:

@@ -1,23 +1,20 @@
-"""The question-answering task's data (see :mod:`raykd.tasks.squad`): SQuAD v1.1 loading (hub
+"""The question-answering task's data (see :mod:`raykd.tasks.qa.task`): SQuAD v1.1 loading (hub
 name, local SQuAD JSON, or raykd's synthetic set) and the train/eval features: sliding windows over
 long contexts with offset mappings, gold spans as token positions, and the mask of positions that
-may hold an answer. Also :func:`temp_name`, the write-then-rename naming every cache file uses.
-Pure functions; no Ray, no MLflow.
+may hold an answer. Pure functions; no Ray, no MLflow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raykd.config import DataConfig
-from raykd.errors import UserError
+from raykd.tasks.base import DataError
 from raykd.tasks.qa import synthetic
 
 if TYPE_CHECKING:
@@ -32,25 +29,10 @@ class LoadedSplit:
     skipped: int  # records whose answer text does not match the context at answer_start
 
 
-def temp_name(path: Path) -> Path:
-    """A sibling of ``path`` to write before renaming it onto ``path``: hidden, and unique to this
-    host and process, so that concurrent writers (trials, nodes sharing a cache) never write the
-    same temporary and a reader never sees half a file."""
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-
-
-def write_once(path: Path, make_text: Callable[[], str]) -> Path:
-    """Write ``path`` unless it exists, whole (under a temporary name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = temp_name(path)
-        tmp.write_text(make_text())
-        tmp.replace(path)
-    return path
-
-
 def _synthetic_split(path: Path, n_questions: int, seed: int) -> Path:
-    return write_once(path, lambda: json.dumps(synthetic.generate(n_questions, seed)))
+    from raykd import storage  # pyarrow: not for the config checks that read tasks
+
+    return storage.write_once(path, lambda: json.dumps(synthetic.generate(n_questions, seed)))
 
 
 def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None]:
@@ -70,10 +52,6 @@ def data_files(cfg: DataConfig, cache_dir: Path) -> tuple[str | None, str | None
         )
         return str(train), str(valid)
     return cfg.train_file, cfg.validation_file
-
-
-class DataError(UserError):
-    """A data file that is not SQuAD v1.1 JSON; the message names the file and where in it."""
 
 
 def _need(obj: Any, key: str, kind: type, where: str) -> Any:

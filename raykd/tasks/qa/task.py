@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from raykd.config import DataConfig, RaykdConfig
-from raykd.tasks.base import Built, Column, Score, Task
+from raykd.tasks.base import Built, Column, DataError, Score, Task
 from raykd.tasks.qa import data as data_mod
 from raykd.tasks.qa import metrics
 from raykd.training.models import Head
@@ -73,14 +73,14 @@ class QuestionAnswering(Task):
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise data_mod.DataError(f"{what}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+            raise DataError(f"{what}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
         questions = list(data_mod.squad_questions(doc, what))
         bad = sum(not q["ok"] for q in questions)
         if not questions:
-            raise data_mod.DataError(f"{what}: holds no questions (data[].paragraphs[].qas[] are all empty)")
+            raise DataError(f"{what}: holds no questions (data[].paragraphs[].qas[] are all empty)")
         if bad > MAX_BAD_ANSWER_SHARE * len(questions):
-            raise data_mod.DataError(f"{what}: {bad} of {len(questions)} questions have an answer_start that does "
-                                     "not point at their answer text in the context (character offsets expected)")
+            raise DataError(f"{what}: {bad} of {len(questions)} questions have an answer_start that does "
+                            "not point at their answer text in the context (character offsets expected)")
         if bad and warn:
             warn(f"[raykd] warning: {what}: {bad} of {len(questions)} questions have an answer_start that does not "
                  "match their answer text; they are skipped")
