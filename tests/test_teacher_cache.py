@@ -49,8 +49,7 @@ def test_second_prepare_reuses_features_and_logits(tmp_path, data_cfg, tiny_mode
 def test_changed_max_length_rebuilds(tmp_path, data_cfg, tiny_models):
     teacher = str(tiny_models["bert"])
     a, _ = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
-    data_cfg.max_length = 96
-    b, built = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
+    b, built = teacher_cache.prepare_features(QA, dataclasses.replace(data_cfg, max_length=96), teacher, tmp_path)
     assert built and a.root != b.root
     calls = []
     b, computed = teacher_cache.prepare_teacher_logits(b, teacher, _counting(calls))
@@ -137,8 +136,7 @@ def test_temporaries_of_a_dead_process_are_removed_and_logits_are_renamed_into_p
     # Linux's pid_max default range, so no live process has it).
     dead = storage.temp_name(fp_dir.with_name("other")).name.rsplit("-", 1)[0] + f"-{2**22 + 1}"
     (fp_dir.parent / dead).mkdir()
-    data_cfg.max_length = 96
-    prep, _ = teacher_cache.prepare_features(QA, data_cfg, teacher, tmp_path)
+    prep, _ = teacher_cache.prepare_features(QA, dataclasses.replace(data_cfg, max_length=96), teacher, tmp_path)
     assert (fp_dir.parent / dead).exists()  # another fingerprint's: not this build's to remove
     teacher_cache._remove_dead_temporaries(fp_dir.with_name("other"))
     assert not (fp_dir.parent / dead).exists()
