@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,6 @@ from datasets import Dataset, load_from_disk
 
 from raykd import storage, tasks
 from raykd.config import DataConfig
-from raykd.console import progress_line
 from raykd.tasks import Task
 from raykd.training import models
 
@@ -205,7 +204,6 @@ def _build_features(task: Task, cfg: DataConfig, tokenizer_name: str, cache_dir:
     )
 
 
-@torch.no_grad()
 def compute_teacher_logits(
     teacher_name: str, root: str, batch_size: int = 64, device: str | None = None, progress: bool = True,
     limit: int | None = None,
@@ -217,27 +215,13 @@ def compute_teacher_logits(
     prepared = Prepared(Path(root))
     task = prepared.task()
     teacher = models.load_teacher(teacher_name, task.head(_config_of(prepared))).to(device)
-    names = models.accepted_inputs(teacher)
     ds = prepared.train()
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    ds = ds.with_format("torch", columns=list(names))
-    out: np.ndarray | None = None
-    use_amp = device.startswith("cuda")
-    n_batches = (len(ds) + batch_size - 1) // batch_size
-    t0 = time.perf_counter()
-    for b, start in enumerate(range(0, len(ds), batch_size)):
-        batch = task.trim({k: v.to(device) for k, v in ds[start : start + batch_size].items()})
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            logits = task.logits(models.forward(teacher, batch, names)).float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(ds), *logits.shape[1:]), dtype=np.float16)
-        out[start : start + len(logits)] = logits
-        if progress and (b % 20 == 0 or b == n_batches - 1):
-            done = start + len(logits)
-            print(progress_line("[raykd prepare] teacher logits", done, len(ds), time.perf_counter() - t0),
-                  flush=True)
-    return out if out is not None else np.zeros((0, 0, 0), np.float16)
+    # stdout: the console shows a Ray task's lines as its own.
+    return task.predict_logits(teacher, ds, batch_size, device,
+                               torch.bfloat16 if device.startswith("cuda") else None, dtype=np.float16,
+                               progress="[raykd prepare] teacher logits" if progress else None, stream=sys.stdout)
 
 
 def check_teacher(task: Task, logits: np.ndarray, train: Dataset) -> None:

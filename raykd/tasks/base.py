@@ -147,11 +147,25 @@ class Task(ABC):
     @abstractmethod
     def hard_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
+    def predict_logits(self, model: torch.nn.Module, features: Dataset, batch_size: int = 64,
+                       device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                       dtype: Any = None, progress: str | None = None, stream: Any = None) -> np.ndarray:
+        """The distilled logits of every feature, [N, K, C] (float32 unless ``dtype``): the one
+        batched forward pass (:func:`raykd.tasks.forward.batched_logits`) with this task's
+        :meth:`logits` and :meth:`trim`."""
+        import numpy as np
+
+        from raykd.tasks import forward
+
+        return forward.batched_logits(model, features, self.logits, batch_size, device, autocast_dtype, self.trim,
+                                      dtype or np.float32, progress, stream)
+
     @abstractmethod
     def evaluate(self, model: torch.nn.Module, features: Dataset, examples: Dataset, cfg: DataConfig,
                  batch_size: int, device: torch.device | str = "cpu",
-                 autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-        """{score key: value} for every key of :attr:`scores`, in percent."""
+                 autocast_dtype: torch.dtype | None = None, progress: str | None = None) -> dict[str, float]:
+        """{score key: value} for every key of :attr:`scores`, in percent; ``progress``: the label
+        of a progress line on stderr (a long ``cli.py evaluate``)."""
 
     # --- serving ------------------------------------------------------------------------------
 

@@ -86,27 +86,11 @@ def teacher_agreement(predictions: np.ndarray, labels: np.ndarray, num_labels: i
     return as_given, float(confusion.max(axis=1).sum()) / len(labels)
 
 
-def predict_logits(model, features, batch_size: int = 64, device="cpu", autocast_dtype=None) -> np.ndarray:
+def predict_logits(model, features, batch_size: int = 64, device="cpu", autocast_dtype=None,
+                   progress: str | None = None) -> np.ndarray:
     """Class logits, float32 [N, C], of every feature."""
-    import torch
-
-    from raykd.training import models
-
-    inner = getattr(model, "module", model)
-    was_training = inner.training
-    inner.eval()
-    names = models.accepted_inputs(inner)
-    ds = features.with_format("torch", columns=list(names))
-    device = torch.device(device)
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(ds), batch_size):
-            batch = trim({k: v.to(device) for k, v in ds[i: i + batch_size].items()})
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                out.append(models.forward(inner, batch, names).logits.float().cpu().numpy())
-    inner.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    return Classification().predict_logits(model, features, batch_size, device, autocast_dtype,
+                                            progress=progress)[:, 0]
 
 
 def _texts(column, name: str) -> list[str]:
@@ -219,8 +203,8 @@ class Classification(Task):
         return losses.hard_ce_loss(logits, batch["labels"][:, None])
 
     def evaluate(self, model, features, examples, cfg: DataConfig, batch_size: int, device="cpu",
-                 autocast_dtype=None) -> dict[str, float]:
-        logits = predict_logits(model, features, batch_size, device, autocast_dtype)
+                 autocast_dtype=None, progress: str | None = None) -> dict[str, float]:
+        logits = self.predict_logits(model, features, batch_size, device, autocast_dtype, progress=progress)[:, 0]
         return scores(logits.argmax(axis=-1), np.asarray(features["labels"]), cfg.num_labels)
 
     # --- serving ------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ training loop's evaluation, ``cli.py evaluate`` and the logged MLflow model. No 
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,42 +12,23 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from raykd.console import progress_line
 from raykd.tasks.qa import data as data_mod
 from raykd.tasks.qa import metrics
-from raykd.training import models
+from raykd.tasks.qa.task import QuestionAnswering
+
+_QA = QuestionAnswering()  # its logits: start and end, [B, 2, L]
 
 
-@torch.no_grad()
 def predict_logits(
     model: torch.nn.Module, features: Dataset, batch_size: int = 64, device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None, progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Start and end logits, float32 [N, L], for every feature; ``progress``: a label under which a
-    line with the rate and ETA is printed every 20 batches (a long ``evaluate``)."""
-    inner = getattr(model, "module", model)
-    was_training = inner.training
-    inner.eval()
-    names = models.accepted_inputs(inner)
-    ds = features.with_format("torch", columns=list(names))
-    starts, ends = [], []
-    device = torch.device(device)
-    t0 = time.perf_counter()
-    for b, i in enumerate(range(0, len(ds), batch_size)):
-        batch = {k: v.to(device) for k, v in ds[i : i + batch_size].items()}
-        with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            out = models.forward(inner, batch, names)
-        starts.append(out.start_logits.float().cpu().numpy())
-        ends.append(out.end_logits.float().cpu().numpy())
-        done = min(i + batch_size, len(ds))
-        if progress and (b % 20 == 19 or done == len(ds)):
-            # stderr: evaluate's stdout is its JSON result.
-            print(progress_line(progress, done, len(ds), time.perf_counter() - t0), file=sys.stderr, flush=True)
-    inner.train(was_training)
-    if not starts:
+    line with the rate and ETA is printed to stderr every 20 batches (a long ``evaluate``)."""
+    both = _QA.predict_logits(model, features, batch_size, device, autocast_dtype, progress=progress)
+    if not len(both):
         return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(starts), np.concatenate(ends)
+    return both[:, 0], both[:, 1]
 
 
 def evaluate(

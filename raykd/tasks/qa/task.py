@@ -105,11 +105,11 @@ class QuestionAnswering(Task):
         return losses.hard_ce_loss(logits, gold, self.mask(batch))
 
     def evaluate(self, model, features, examples, cfg: DataConfig, batch_size: int, device="cpu",
-                 autocast_dtype=None) -> dict[str, float]:
+                 autocast_dtype=None, progress: str | None = None) -> dict[str, float]:
         from raykd.tasks.qa import inference
 
         scores, _ = inference.evaluate(model, features, examples, cfg.n_best, cfg.max_answer_length, batch_size,
-                                       device, autocast_dtype)
+                                       device, autocast_dtype, progress=progress)
         return {metrics.METRIC: scores["f1"], "eval_exact_match": scores["exact_match"]}
 
     # --- serving ------------------------------------------------------------------------------
