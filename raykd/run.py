@@ -1,18 +1,18 @@
 """What each CLI command does, as plain functions (the CLI only parses and prints): a single
 train/finetune run, ``prepare``, ``evaluate`` and ``search``. Ray and MLflow stay behind
-:mod:`raykd.train`, :mod:`raykd.search` and :mod:`raykd.tracking`.
+:mod:`raykd.training`, :mod:`raykd.search` and :mod:`raykd.tracking`. The search's MLflow runs are
+handed to :mod:`raykd.search` as Tune callbacks from here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from raykd import objective, preflight
+from raykd import objective, preflight, spaces
 from raykd.config import DISTILL, RaykdConfig, experiment_path, storage_root, with_values
 from raykd.serving import architectures
 
@@ -116,7 +116,7 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
                    n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
     """EM/F1 of a saved question-answering model on a SQuAD v1.1 JSON file (no Ray needed);
     optionally writes the answers in the official script's format and the n-best lists
-    (:mod:`raykd.predictions`)."""
+    (:mod:`raykd.tasks.qa.predictions`)."""
     preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
     from raykd.tasks.qa import data, inference, predictions
     from raykd.tasks.qa.task import HEAD
@@ -138,13 +138,48 @@ def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride
     return out
 
 
+@dataclasses.dataclass
+class _SearchSpec:
+    """A search's config (the space's constants applied) and its space, parsed once; the
+    architectures whose costs are measured, when the objective needs them."""
+
+    cfg: RaykdConfig
+    params: list[spaces.Param]
+    archs: list[dict[str, Any]] | None = None
+
+
 def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
            tracking_uri: str | None = None, tracking: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """The product's main job: prepare the study once, then search; prints progress and the summary."""
-    from raykd import spaces, storage
+    spec = _search_spec(cfg, resume, overwrite)
+    tracker = _tracking(spec.cfg, tracking_uri, tracking)  # an unreachable server fails here
+    from raykd.search import plan, report  # ray, optuna, torch: after the checks
 
+    _start(spec.cfg, None, address, overwrite, driver_cpu=plan.DRIVER_CPU)
+    if tracker:
+        tracker.connect(spec.cfg, tracking_uri)
+    study, info = _search_study(spec)
+    spec, the_plan = _search_plan(spec, study, info)
+    _resume_record(spec.cfg, the_plan, study, resume)  # before anything is logged
+    parent, callbacks = _study_run(tracker, spec, tracking_uri, resume)
+    summary = _run_search(tracker, parent, spec, study, the_plan, callbacks, resume)
+    summary["study"] = {**info, "teacher": study.teacher}
+    if summary["interrupted"]:
+        # Nothing is registered and nothing an unfinished trial needs was pruned.
+        if tracker:
+            tracker.mark_interrupted(parent)
+        report.print_interrupted(summary)
+        return summary
+    if tracker:
+        summary["mlflow"] = _register(tracker, parent, summary, spec, study)
+    report.print_outcome(summary, the_plan, spaces.searched_keys(spec.params),
+                         spec.cfg.tracking.registered_model_name)
+    return summary
+
+
+def _search_spec(cfg: RaykdConfig, resume: bool, overwrite: bool) -> _SearchSpec:
+    """Everything a trial could refuse is refused here, before Ray starts."""
     cfg = preflight.resolve_data(cfg)
-    # Everything a trial could refuse is refused here, before Ray starts.
     params = spaces.parse(cfg.space, cfg.source)
     spaces.check_keys(params, cfg.source, cfg.task)
     architectures.check_effective(params, cfg)
@@ -158,123 +193,118 @@ def search(cfg: RaykdConfig, address: str | None = None, resume: bool = False,
         from raykd.search import resume as resume_check
 
         resume_check.check(cfg)  # a changed setting (a teacher, a data path) is refused before Ray starts
-    archs = None
-    if objective.needs_costs(cfg):
-        from raykd.serving import onnx_export
+    if not objective.needs_costs(cfg):
+        return _SearchSpec(cfg, params)
+    from raykd.serving import onnx_export
 
-        architectures.check_space(params, cfg.source)
-        onnx_export.require_onnx()  # latency is measured in ONNX Runtime
-        archs = architectures.all_of(params, cfg)
-    tracker = _tracking(cfg, tracking_uri, tracking)  # an unreachable server fails here
-    from raykd.search import tuner as search_mod  # ray, optuna, torch: after the checks
-    from raykd.study import cache as teacher_cache
+    architectures.check_space(params, cfg.source)
+    onnx_export.require_onnx()  # latency is measured in ONNX Runtime
+    return _SearchSpec(cfg, params, architectures.all_of(params, cfg))
+
+
+def _search_study(spec: _SearchSpec):
+    """The study every trial shares (features and teacher logits, prepared once)."""
     from raykd.study.prepare import prepare_study
 
-    _start(cfg, None, address, overwrite, driver_cpu=search_mod.DRIVER_CPU)
-    if tracker:
-        tracker.connect(cfg, tracking_uri)
-    study, info = prepare_study(cfg, DISTILL, need_logits=spaces.may_use_teacher_logits(cfg, params))
+    study, info = prepare_study(spec.cfg, DISTILL, need_logits=spaces.may_use_teacher_logits(spec.cfg, spec.params))
     logits = ("computed" if info["teacher_logits_computed"] else "reused") if study.teacher_file else "not used"
     print(f"[raykd] study: teacher {study.teacher}; features {'built' if info['features_built'] else 'reused'}; "
           f"teacher logits {logits}", flush=True)
+    return study, info
+
+
+def _search_plan(spec: _SearchSpec, study, info: dict[str, Any]):
+    """The plan (rounds, first rung, scoring) and each architecture's measured costs; a latency
+    budget without objectives narrows the space to the choices that can win."""
+    from raykd.search import plan
+    from raykd.study import cache as teacher_cache
+
+    cfg = spec.cfg
     n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
-    the_plan = search_mod.plan(cfg, params, n_features)
-    if archs is not None:
+    the_plan = plan.plan(cfg, spec.params, n_features)
+    if spec.archs is not None:
         from raykd.study import store as study_store
         from raykd.study.prepare import study_place
 
         # Measured here, on the driver, before any trial runs and beside the study (the driver's
         # local cache): one number per architecture, and no training competes for the cores. A
         # raykd-made teacher published to a bucket is read from this node's copy.
-        the_plan.costs = architectures.measure(cfg, archs, study_store.local_model(study.teacher),
+        the_plan.costs = architectures.measure(cfg, spec.archs, study_store.local_model(study.teacher),
                                                study_place(cfg).local)
         architectures.check_budget(the_plan.costs, cfg.search.max_latency_ms, cfg.source)
         if cfg.search.max_latency_ms is not None and not the_plan.pareto:
-            space, dropped = architectures.within_budget(cfg, params, the_plan.costs, cfg.search.max_latency_ms)
+            space, dropped = architectures.within_budget(cfg, spec.params, the_plan.costs, cfg.search.max_latency_ms)
             for line in dropped:
                 print(f"[raykd] {line}", flush=True)
             cfg = dataclasses.replace(cfg, space=space)
+            spec = _SearchSpec(cfg, spaces.parse(space, cfg.source), spec.archs)
     print(f"[raykd] every trial runs {the_plan.rounds} rounds; "
           + (f"ASHA compares trials from round {the_plan.grace} on" if the_plan.grace else "no early stopping")
           + f"; a trial's score is its {the_plan.trial_score} round", flush=True)
-    # Before anything is logged: a resume with another plan or study (data or teacher files whose
-    # contents changed) is refused here, and a new search records what it runs.
+    return spec, the_plan
+
+
+def _resume_record(cfg: RaykdConfig, the_plan, study, resume: bool) -> None:
+    """A resume with another plan or study (data or teacher files whose contents changed) is
+    refused; a new search records what it runs."""
     from raykd.search import resume as resume_check
 
-    planned, studied = search_mod.plan_record(the_plan), search_mod.study_record(study)
+    planned, studied = resume_check.plan_record(the_plan), resume_check.study_record(study)
     if resume:
         resume_check.check(cfg, planned, studied)
     else:
         resume_check.record(cfg, planned, studied)
-    callbacks, parent = [], None
-    if tracker:
-        uri = tracker.resolve_uri(cfg, tracking_uri)
-        # A resumed search keeps logging under the study run it started with.
-        parent_file = storage.join(storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
-        saved = storage.read_text(parent_file) if resume else None
-        if saved:
-            parent = saved.strip()
-            tracker.reopen_study(parent)
-        else:
-            parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
-            storage.write_text(parent_file, parent)
-        callbacks.append(tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent, spaces.searched_keys(params)))
+
+
+def _study_run(tracker, spec: _SearchSpec, tracking_uri: str | None, resume: bool) -> tuple[str | None, list]:
+    """The MLflow study run (a resumed search keeps logging under the one it started with) and
+    the callback that logs each trial under it; (None, []) without tracking."""
+    if not tracker:
+        return None, []
+    from raykd import storage
+
+    cfg = spec.cfg
+    uri = tracker.resolve_uri(cfg, tracking_uri)
+    parent_file = storage.join(storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
+    saved = storage.read_text(parent_file) if resume else None
+    if saved:
+        parent = saved.strip()
+        tracker.reopen_study(parent)
+    else:
+        parent = tracker.start_study(cfg, uri, run_name=cfg.search.name)
+        storage.write_text(parent_file, parent)
+    callback = tracker.TrialRunsCallback(uri, cfg.tracking.experiment_name, parent, spaces.searched_keys(spec.params))
+    return parent, [callback]
+
+
+def _run_search(tracker, parent: str | None, spec: _SearchSpec, study, the_plan, callbacks: list,
+                resume: bool) -> dict[str, Any]:
+    from raykd.search import tuner
+
     try:
-        summary = search_mod.run_search(cfg, study, the_plan, callbacks=callbacks, resume=resume)
+        return tuner.run_search(spec.cfg, study, spec.params, the_plan, callbacks=callbacks, resume=resume)
     except BaseException:
         # A second Ctrl-C (or a kill) while Tune stops: the open runs are marked KILLED all the same.
         if tracker:
             with contextlib.suppress(Exception):  # the error at hand is the one to show
                 tracker.mark_interrupted(parent)
         raise
-    summary["study"] = {**info, "teacher": study.teacher}
-    if summary["interrupted"]:
-        # Nothing is registered and nothing an unfinished trial needs was pruned.
-        if tracker:
-            tracker.mark_interrupted(parent)
-        print()
-        print(search_mod.format_table(summary))
-        unfinished = sum(r["status"] == "UNFINISHED" for r in summary["trials"])
-        print(f"\n[raykd] interrupted: {unfinished} trial(s) unfinished; nothing was registered and no "
-              "checkpoint was pruned. Continue the search with --resume.")
-        return summary
-    if tracker:
-        # The registered student answers with the winner's settings (a searched max_length,
-        # doc_stride, n_best, teacher), not the base config's.
-        def config_of(row: dict[str, Any]) -> RaykdConfig:
-            return with_values(cfg, {p.key: row[p.key] for p in params if p.kind != "constant" and p.key in row})
 
-        won = config_of(summary["best"] or {})
-        teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher
-        summary["mlflow"] = tracker.finish_study(
-            parent, summary, won, teacher, spaces.searched_keys(params),
-            optuna_study=search_mod.load_optuna_study(cfg, summary["experiment_path"]), config_of=config_of)
-    print()
-    print(search_mod.format_table(summary))
-    best = summary["best"]
-    if best:
-        shown = " ".join(f"{label}={best[key]:.2f}" for key, label in the_plan.scores if best.get(key) is not None)
-        print(f"\nbest trial {best['trial_id']}: {shown} (round {best['score_round']}, its {summary['trial_score']} round)")
-        print("best config: " + json.dumps({k: best[k] for k in spaces.searched_keys(params)}))
-        print(f"best checkpoint: {best['checkpoint_path']}")
-    if summary.get("max_latency_ms") is not None and not best:
-        print(f"\n[raykd] no trial's student answers within search.max_latency_ms = {summary['max_latency_ms']:g} ms: "
-              "there is no best and nothing was registered as within the budget")
-    if summary.get("front") is not None:
-        print("\n" + search_mod.format_front(summary))
-        for f in summary.get("mlflow", {}).get("front", []):
-            if f.get("registered_model"):
-                print(f"registered model: {f['registered_model']} version {f['version']} (trial {f['trial_id']}"
-                      + (f", alias {f['alias']}" if f.get("alias") else "") + ")")
-            else:
-                print(f"logged model: {f['model_uri']} (trial {f['trial_id']})")
-    elif summary.get("mlflow", {}).get("registered_model"):
-        m = summary["mlflow"]
-        print(f"registered model: {m['registered_model']} version {m['version']} ({m['model_uri']})"
-              + (f", alias {m['alias']}" if m.get("alias") else ""))
-    if summary.get("mlflow", {}).get("alias_removed"):
-        name, alias = cfg.tracking.registered_model_name, summary["mlflow"]["alias_removed"]
-        print(f"[raykd] alias removed: models:/{name}@{alias} pointed at an earlier search's student, and no "
-              "student of this search was registered within the budget")
-    print(f"summary: {summary['experiment_path']}/{search_mod.SUMMARY}")
-    return summary
+
+def _register(tracker, parent: str, summary: dict[str, Any], spec: _SearchSpec, study) -> dict[str, Any]:
+    """The study run finished in MLflow: the best student (or the front) logged and registered."""
+    from raykd.search import searchers
+
+    cfg = spec.cfg
+
+    # The registered student answers with the winner's settings (a searched max_length,
+    # doc_stride, n_best, teacher), not the base config's.
+    def config_of(row: dict[str, Any]) -> RaykdConfig:
+        return with_values(cfg, {p.key: row[p.key] for p in spec.params if p.kind != "constant" and p.key in row})
+
+    won = config_of(summary["best"] or {})
+    teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher
+    return tracker.finish_study(
+        parent, summary, won, teacher, spaces.searched_keys(spec.params),
+        optuna_study=searchers.load_optuna_study(cfg, summary["experiment_path"]), config_of=config_of,
+        export_onnx=onnx_export.export_for_registry)

@@ -14,7 +14,9 @@ import yaml
 
 from raykd import spaces
 from raykd.config import ConfigError, RaykdConfig, load_config
-from raykd.search import tuner as search
+from raykd.search import report
+from raykd.search import summary as summaries
+from raykd.search.plan import Plan
 from raykd.serving import architectures, pareto
 
 # --- pieces -------------------------------------------------------------------------------------
@@ -125,20 +127,20 @@ def _row(tid, f1, latency, status="COMPLETED"):
 def test_the_summary_front_and_the_best_within_the_budget():
     rows = [_row("a", 50, 10), _row("b", 60, 20), _row("c", 55, 25), _row("d", 40, 5, "STOPPED"),
             _row("e", 70, 40), {**_row("f", 99, 1), "status": "FAILED"}]
-    plan = search.Plan(4, 2, "best", "eval_f1", [("eval_f1", "eval_f1")], [("eval_f1", "max"), ("latency_ms", "min")],
+    plan = Plan(4, 2, "best", "eval_f1", [("eval_f1", "eval_f1")], [("eval_f1", "max"), ("latency_ms", "min")],
                        max_latency_ms=22.0)
 
     # summarize reads Tune results; its front/budget logic is checked on rows directly.
-    out = search._front_and_best(rows, plan)
+    out = summaries._front_and_best(rows, plan)
     assert out["front"] == ["e", "b", "a", "d"]
     assert out["best"]["trial_id"] == "b" and out["over_budget"] == ["c", "e"]
     objs = pareto.objectives(plan.objectives)
     scored = [r for r in rows if r["status"] != "FAILED"]
     for tid in out["front"]:
         assert not pareto.dominators(next(r for r in rows if r["trial_id"] == tid), scored, objs)
-    text = search.format_front({**out, "trials": rows, "scores": ["eval_f1", "eval_exact_match"]})
+    text = report.format_front({**out, "trials": rows, "scores": ["eval_f1", "eval_exact_match"]})
     assert text.splitlines()[0].startswith("Pareto front (eval_f1 max vs latency_ms min): 4 of 6 trials")
-    nothing = search._front_and_best(rows, search.Plan(4, 2, "best", "eval_f1", [], [("eval_f1", "max")],
+    nothing = summaries._front_and_best(rows, Plan(4, 2, "best", "eval_f1", [], [("eval_f1", "max")],
                                                        max_latency_ms=1.0))
     assert nothing["best"] is None and "front" not in nothing
 
@@ -220,8 +222,8 @@ def test_a_two_objective_search_finds_registers_and_exports_its_front(local_ray,
 
 def test_a_pareto_best_breaks_score_ties_on_cost_and_a_budget_nothing_meets_is_refused():
     rows = [_row("slow", 50, 30), _row("fast", 50, 10), _row("worse", 40, 5)]
-    plan = search.Plan(4, 2, "best", "eval_f1", [], [("eval_f1", "max"), ("latency_ms", "min")])
-    out = search._front_and_best(rows, plan)
+    plan = Plan(4, 2, "best", "eval_f1", [], [("eval_f1", "max"), ("latency_ms", "min")])
+    out = summaries._front_and_best(rows, plan)
     assert out["best"]["trial_id"] == "fast" and "slow" not in out["front"]
     with pytest.raises(architectures.CostError, match="the fastest takes 5.0 ms"):
         architectures.check_budget({"a": {"latency_ms": 5.0}, "b": {"latency_ms": 9.0}}, 4.0, "s.yaml")

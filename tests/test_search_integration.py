@@ -15,7 +15,9 @@ import yaml
 
 from raykd import run
 from raykd.config import load_config
-from raykd.search import tuner as search
+from raykd.search.plan import max_concurrent
+from raykd.search.summary import SUMMARY
+from raykd.search.tuner import TRAIN_RUNS
 from raykd.tasks.qa.metrics import METRIC
 
 pytestmark = pytest.mark.integration
@@ -44,7 +46,7 @@ def _space_yaml(tmp_path, tiny_models, name, num_samples, extra=None):
 
 def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_models):
     cfg = load_config(str(_space_yaml(tmp_path, tiny_models, "asha", 5)))
-    assert search.max_concurrent(cfg, ray.cluster_resources()) == 1  # 2 CPUs, 1-CPU workers: never 2
+    assert max_concurrent(cfg, ray.cluster_resources()) == 1  # 2 CPUs, 1-CPU workers: never 2
     summary = run.search(cfg)
     rows = summary["trials"]
     assert len(rows) == 5 and all(r["status"] in ("COMPLETED", "STOPPED") for r in rows)
@@ -61,7 +63,7 @@ def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_model
     best_meta = json.loads((Path(summary["best"]["checkpoint_path"]) / "raykd_metrics.json").read_text())
     assert best_meta[METRIC] == pytest.approx(summary["best"][METRIC])
     # At most keep_checkpoints (1) checkpoint per trial.
-    for trial_dir in (exp / search.TRAIN_RUNS).iterdir():
+    for trial_dir in (exp / TRAIN_RUNS).iterdir():
         if trial_dir.is_dir():
             assert len([d for d in trial_dir.glob("checkpoint_*") if d.is_dir()]) <= cfg.search.keep_checkpoints
     # Optuna was told the truth: stopped trials are PRUNED, with intermediate values by round.
@@ -71,7 +73,7 @@ def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_model
     complete = next(t for t in summary["optuna_trials"] if t["state"] == "COMPLETE")
     assert sorted(complete["intermediate"]) == list(range(1, summary["rounds"] + 1))
     _optuna_told_the_summary_scores(summary)
-    assert json.loads((exp / search.SUMMARY).read_text())["best"]["trial_id"] == summary["best"]["trial_id"]
+    assert json.loads((exp / SUMMARY).read_text())["best"]["trial_id"] == summary["best"]["trial_id"]
 
 
 def _optuna_told_the_summary_scores(summary):
@@ -136,7 +138,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out and "--resume" in out.splitlines()[-1], out[-2000:]
     assert "interrupted: 1 trial(s) unfinished" in out, out[-2000:]
-    assert not (exp / search.SUMMARY).exists()
+    assert not (exp / SUMMARY).exists()
     client = MlflowClient(uri)
     assert not client.search_registered_models()  # nothing registered
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
@@ -156,7 +158,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = _trial_results(exp)
     assert after[finished] == before[finished]  # not run again
-    summary = json.loads((exp / search.SUMMARY).read_text())
+    summary = json.loads((exp / SUMMARY).read_text())
     assert len(summary["trials"]) == 2 and not summary["interrupted"]
     assert all(r["status"] in ("COMPLETED", "STOPPED") for r in summary["trials"]), summary["trials"]
     # A resumed trial continued where it stopped: Tune's results after the resume never repeat a
@@ -184,7 +186,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     straight = subprocess.run(cmd + ["--set", "search.name=straight", "--no-tracking"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600, check=False)
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
-    other = json.loads((tmp_path / "results" / "straight" / search.SUMMARY).read_text())
+    other = json.loads((tmp_path / "results" / "straight" / SUMMARY).read_text())
 
     def by_config(s):
         return {(r["optim.learning_rate"], round(r["distill.temperature"], 9)): r for r in s["trials"]}
@@ -309,7 +311,7 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint(local_ray, tmp_pat
         # Round 1's checkpoint, written by the worker straight to storage, says round 1 is reported.
         try:
             while not done.is_set():
-                if list((exp / search.TRAIN_RUNS).glob("*/checkpoint_*")):
+                if list((exp / TRAIN_RUNS).glob("*/checkpoint_*")):
                     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
                     if workers:
                         os.kill(workers[0].pid, signal.SIGKILL)

@@ -8,7 +8,9 @@ import pytest
 
 from raykd import spaces
 from raykd.config import RaykdConfig, load_config
-from raykd.search import tuner as search
+from raykd.search import plan as planning
+from raykd.search import searchers
+from raykd.search import summary as summaries
 from raykd.training import schedule
 
 ROOT = Path(__file__).parents[1]
@@ -106,31 +108,31 @@ def _cfg(search=None, optim=None):
 
 
 def test_default_grace_lies_past_warmup_and_min_share():
-    p = search.plan(_cfg({"rounds": 6}, {"warmup_ratio": 0.1}), [], 1000)
+    p = planning.plan(_cfg({"rounds": 6}, {"warmup_ratio": 0.1}), [], 1000)
     assert (p.rounds, p.grace) == (6, 3)  # half of 6 rounds
-    p = search.plan(_cfg({"rounds": 10, "min_share_before_stop": 0.2}, {"warmup_ratio": 0.35}), [], 1000)
+    p = planning.plan(_cfg({"rounds": 10, "min_share_before_stop": 0.2}, {"warmup_ratio": 0.35}), [], 1000)
     assert p.grace == 4  # warm-up (35 %) dominates: round 4 of 10 is the first past it
     searched = spaces.parse({"optim.warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.6}})
-    assert search.plan(_cfg({"rounds": 10, "min_share_before_stop": 0.2}), searched, 1000).grace == 6
+    assert planning.plan(_cfg({"rounds": 10, "min_share_before_stop": 0.2}), searched, 1000).grace == 6
 
 
 def test_explicit_grace_wins_with_a_warning_inside_warmup():
     said = []
-    p = search.plan(_cfg({"rounds": 8, "grace_period": 1}, {"warmup_ratio": 0.3}), [], 1000, warn=said.append)
+    p = planning.plan(_cfg({"rounds": 8, "grace_period": 1}, {"warmup_ratio": 0.3}), [], 1000, warn=said.append)
     assert p.grace == 1 and said and "warm-up" in said[0]
     with pytest.raises(spaces.SpaceError, match="grace_period"):
-        search.plan(_cfg({"rounds": 4, "grace_period": 5}), [], 1000)
+        planning.plan(_cfg({"rounds": 4, "grace_period": 5}), [], 1000)
 
 
 def test_no_rung_before_the_last_round_means_no_early_stopping():
-    assert search.plan(_cfg({"rounds": 1}), [], 1000).grace is None
-    assert search.plan(_cfg({"rounds": 4, "min_share_before_stop": 1.0}), [], 1000).grace is None
-    assert search.plan(_cfg({"rounds": 8, "scheduler": "fifo"}), [], 1000).grace is None
+    assert planning.plan(_cfg({"rounds": 1}), [], 1000).grace is None
+    assert planning.plan(_cfg({"rounds": 4, "min_share_before_stop": 1.0}), [], 1000).grace is None
+    assert planning.plan(_cfg({"rounds": 8, "scheduler": "fifo"}), [], 1000).grace is None
 
 
 def test_rounds_default_to_the_base_schedule():
     cfg = _cfg({}, {"num_epochs": 2, "batch_size": 10, "eval_every_steps": 5})
-    assert search.plan(cfg, [], 100).rounds == 4  # 2 epochs x 10 steps / 5
+    assert planning.plan(cfg, [], 100).rounds == 4  # 2 epochs x 10 steps / 5
 
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "distilbert_squad.yaml", "bert_small_squad.yaml",
@@ -140,7 +142,7 @@ def test_shipped_spaces_first_rung_is_past_warmup(name):
     params = spaces.parse(cfg.space, cfg.source)
     spaces.check_keys(params, cfg.source, cfg.task)
     spaces.check_corners(cfg, params)
-    p = search.plan(cfg, params, 10_000, warn=pytest.fail)
+    p = planning.plan(cfg, params, 10_000, warn=pytest.fail)
     assert p.grace is not None, "the shipped space should stop bad trials early"
     warm = spaces.largest(params, cfg, "optim.warmup_ratio")
     assert p.grace / p.rounds >= max(warm, cfg.search.min_share_before_stop)
@@ -151,7 +153,7 @@ def _searcher(trial_score):
     import optuna
 
     params = spaces.parse({"distill.temperature": {"type": "uniform", "low": 1, "high": 4}})
-    s = search.TruthfulOptunaSearch(space=spaces.define_by_run(params), metric="eval_f1", mode="max",
+    s = searchers.TruthfulOptunaSearch(space=spaces.define_by_run(params), metric="eval_f1", mode="max",
                                     sampler=optuna.samplers.RandomSampler(seed=0), trial_score=trial_score)
     return s
 
@@ -181,5 +183,5 @@ def test_summary_score_row_by_rule():
     import pandas as pd
 
     df = pd.DataFrame({"round": [1, 2, 3, 4], "eval_f1": [10.0, 30.0, 30.0, 20.0]})
-    assert int(search.trial_score(df, "best", "eval_f1")["round"]) == 3  # ties: the latest (its checkpoint was kept)
-    assert int(search.trial_score(df, "last", "eval_f1")["round"]) == 4
+    assert int(summaries.trial_score(df, "best", "eval_f1")["round"]) == 3  # ties: the latest (its checkpoint was kept)
+    assert int(summaries.trial_score(df, "last", "eval_f1")["round"]) == 4

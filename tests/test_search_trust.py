@@ -2,6 +2,7 @@
 round is never stopped, a stopped trial stays stopped across a hard kill, and a resume with other
 settings is refused (no Ray started: Tune's schedulers and trial records are plain objects)."""
 
+import dataclasses
 import json
 import pickle
 
@@ -12,9 +13,11 @@ from ray.tune.schedulers import TrialScheduler
 
 from raykd.config import RaykdConfig, all_keys, with_values
 from raykd.errors import UserError
-from raykd.search import resume
-from raykd.search import tuner as search
+from raykd.search import plan as planning
+from raykd.search import resume, schedulers
+from raykd.search import summary as summaries
 from raykd.search.schedulers import ArchitectureOf, PerArchitectureScheduler, key_of_values
+from raykd.training.checkpoints import META_FILE
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 ARCH = ArchitectureOf(["models.init_from_teacher_layers"])
@@ -28,7 +31,7 @@ def trial(trial_id):
 def asha(tmp_path, rule, name="asha_state.pkl"):
     # Rungs at rounds 2 and 4 (reduction factor 2), as in a search of 4 rounds with grace period 2.
     tmp_path.mkdir(parents=True, exist_ok=True)  # the experiment's folder
-    s = search.ResumableASHA(str(tmp_path / name), str(tmp_path / "stopped"), trial_score=rule, time_attr="round",
+    s = schedulers.ResumableASHA(str(tmp_path / name), str(tmp_path / "stopped"), trial_score=rule, time_attr="round",
                              max_t=5, grace_period=2, reduction_factor=2)
     s.set_search_properties("eval_f1", "max")
     return s
@@ -72,7 +75,7 @@ def test_a_final_round_on_a_rung_is_never_stopped(tmp_path):
     s.on_trial_complete(None, a, {"round": 4, "eval_f1": 60.0, "final": True})
     assert play(s, [(b, 4, 10.0)]) == [CONTINUE]
     s.on_trial_complete(None, b, {"round": 4, "eval_f1": 10.0, "final": True})
-    assert not search.all_stopped(str(tmp_path / "stopped"))
+    assert not schedulers.all_stopped(str(tmp_path / "stopped"))
 
 
 def test_a_stopped_trial_stays_stopped_after_a_hard_kill(tmp_path):
@@ -83,11 +86,11 @@ def test_a_stopped_trial_stays_stopped_after_a_hard_kill(tmp_path):
     at_start = pickle.dumps(s)
     a, b = trial("A"), trial("B")
     assert play(s, [(b, 2, 45.0), (a, 2, 40.0)]) == [CONTINUE, STOP]
-    assert search.stopped_at(str(tmp_path / "stopped"), "A") == 2
-    assert search.stopped_at(str(tmp_path / "stopped"), "B") is None
+    assert schedulers.stopped_at(str(tmp_path / "stopped"), "A") == 2
+    assert schedulers.stopped_at(str(tmp_path / "stopped"), "B") is None
     restored = pickle.loads(at_start)
     assert restored.on_trial_result(None, a, {"round": 3, "eval_f1": 99.0}) == STOP
-    assert search.all_stopped(str(tmp_path / "stopped")) == {"A": 2}
+    assert schedulers.all_stopped(str(tmp_path / "stopped")) == {"A": 2}
 
 
 def test_rounds_past_the_stop_enter_neither_the_summary_nor_the_checkpoints(tmp_path):
@@ -97,7 +100,7 @@ def test_rounds_past_the_stop_enter_neither_the_summary_nor_the_checkpoints(tmp_
     for r, f1 in ((1, 10.0), (2, 20.0), (3, 90.0)):
         ckpt = runs / "A" / f"checkpoint_{r:06d}"
         ckpt.mkdir(parents=True)
-        (ckpt / search.META_FILE).write_text(json.dumps({"round": r, "eval_f1": f1}))
+        (ckpt / META_FILE).write_text(json.dumps({"round": r, "eval_f1": f1}))
 
     class Result:
         config, error, path, metrics = None, None, str(tmp_path / "A"), None
@@ -105,11 +108,11 @@ def test_rounds_past_the_stop_enter_neither_the_summary_nor_the_checkpoints(tmp_
                                            "checkpoint_path": str(runs / "A" / f"checkpoint_{r:06d}")}
                                           for r, f in ((1, 10.0), (2, 20.0), (3, 90.0))])
 
-    the_plan = search.Plan(4, 2, "best", "eval_f1", [("eval_f1", "F1")])
-    summary = search.summarize([Result()], [], the_plan, {"A": "TERMINATED"}, stopped={"A": 2})
+    the_plan = planning.Plan(4, 2, "best", "eval_f1", [("eval_f1", "F1")])
+    summary = summaries.summarize([Result()], [], the_plan, {"A": "TERMINATED"}, stopped={"A": 2})
     row = summary["trials"][0]
     assert (row["status"], row["rounds"], row["eval_f1"], row["score_round"]) == ("STOPPED", 2, 20.0, 2)
-    search.prune_checkpoints(str(runs), keep=5, by="eval_f1", stopped={"A": 2})
+    summaries.prune_checkpoints(str(runs), keep=5, by="eval_f1", stopped={"A": 2})
     assert sorted(p.name for p in (runs / "A").iterdir()) == ["checkpoint_000001", "checkpoint_000002"]
 
 
@@ -149,7 +152,7 @@ def test_a_resume_with_another_study_or_plan_is_refused(tmp_path):
             resume.check(_cfg(tmp_path), plan, study)
     # The space is compared once the plan is known (a latency budget narrows it before).
     narrowed = _cfg(tmp_path, **{"tracking.tracking_uri": "http://127.0.0.1:5000"})
-    narrowed.space = {"optim.learning_rate": {"type": "choice", "values": [1e-4]}}
+    narrowed = dataclasses.replace(narrowed, space={"optim.learning_rate": {"type": "choice", "values": [1e-4]}})
     resume.check(narrowed)
     with pytest.raises(UserError, match="space"):
         resume.check(narrowed, PLAN, STUDY)
@@ -183,10 +186,10 @@ def test_a_space_whose_accumulation_outlasts_an_epoch_is_refused_before_any_tria
 
     cfg = RaykdConfig.from_dict({"optim": {"batch_size": 16}, "search": {"rounds": 2}}, source="s.yaml")
     ok = spaces.parse({"optim.grad_accum_steps": {"type": "choice", "values": [1, 10]}}, "s.yaml")
-    search.plan(cfg, ok, 160)
+    planning.plan(cfg, ok, 160)
     bad = spaces.parse({"optim.grad_accum_steps": {"type": "choice", "values": [1, 11]}}, "s.yaml")
     with pytest.raises(UserError, match=r"optim.grad_accum_steps \(11\)"):
-        search.plan(cfg, bad, 160)
+        planning.plan(cfg, bad, 160)
 
 
 def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
@@ -195,7 +198,7 @@ def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
     round 5 (70); its history holds rounds 3 and 4. ASHA judges round 4 first and stops B there,
     as the uninterrupted search would have, and marks round 4 as B's last."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    s = search.ResumableASHA(str(tmp_path / "asha.pkl"), str(tmp_path / "stopped"), trial_score="last",
+    s = schedulers.ResumableASHA(str(tmp_path / "asha.pkl"), str(tmp_path / "stopped"), trial_score="last",
                              time_attr="round", max_t=9, grace_period=2, reduction_factor=2)
     s.set_search_properties("eval_f1", "max")
     a, b = trial("A"), trial("B")
@@ -206,9 +209,9 @@ def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
     history = json.dumps([[1, 20.0], [2, 55.0], [3, 40.0], [4, 30.0], [5, 70.0]])
     restored = pickle.loads(pickle.dumps(s))
     assert restored.on_trial_result(None, b, {"round": 5, "eval_f1": 70.0, "round_scores": history}) == STOP
-    assert search.stopped_at(str(tmp_path / "stopped"), "B") == 4
-    assert search.unseen_rounds({"round_scores": history}, 2, 5) == [(3, 40.0), (4, 30.0)]
-    assert search.unseen_rounds({}, 2, 5) == []
+    assert schedulers.stopped_at(str(tmp_path / "stopped"), "B") == 4
+    assert schedulers.unseen_rounds({"round_scores": history}, 2, 5) == [(3, 40.0), (4, 30.0)]
+    assert schedulers.unseen_rounds({}, 2, 5) == []
     # Tune ends B with the result it stopped on, a later round than its stop: B enters no rung
     # past 4 (with the bug, rung 8 held B's 90 and cut C below).
     restored.on_trial_complete(None, b, {"round": 9, "eval_f1": 90.0, "round_scores": history})

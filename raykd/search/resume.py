@@ -6,8 +6,9 @@ command at hand. Any setting that changes what a trial computes and differs betw
 be half applied: finished trials ran the old settings, resumed and new ones the new settings, and
 the summary would rank two experiments as one. So the search records, when it starts, every such
 setting (the resolved config, flat by dotted key), what it planned (rounds, first rung, measured
-costs) and what its study is (features, teacher, teacher logits); ``--resume`` compares and
-refuses the first difference, naming the key with its old and new value.
+costs: :func:`plan_record`) and what its study is (features, teacher, teacher logits:
+:func:`study_record`); ``--resume`` compares and refuses the first difference, naming the key with
+its old and new value. This module is the one place that decides what a resume compares.
 
 What may change on resume is listed in :data:`MAY_CHANGE`: settings that neither change what a
 trial computes nor are restored with the experiment (where the tracking server is, what is
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raykd import storage
 from raykd.config import RaykdConfig, flat_settings, storage_root
 from raykd.errors import UserError
+
+if TYPE_CHECKING:
+    from raykd.search.plan import Plan
+    from raykd.study.runspec import Study
 
 RECORD_FILE = "raykd_resume.json"
 FORMAT = 2  # the record's layout; a search started by a raykd that wrote no record is refused
@@ -65,6 +70,29 @@ def fingerprint(cfg: RaykdConfig, plan: dict[str, Any] | None = None,
     out = {k: _plain(_path(k, v)) for k, v in flat_settings(cfg.to_dict()).items() if k not in MAY_CHANGE}
     out.update({f"plan.{k}": _plain(v) for k, v in (plan or {}).items()})
     out.update({f"study.{k}": _plain(v) for k, v in (study or {}).items()})
+    return out
+
+
+def plan_record(the_plan: Plan) -> dict[str, Any]:
+    """What a search planned, as a resume compares it."""
+    return {"rounds": the_plan.rounds, "grace_period": the_plan.grace, "trial_score": the_plan.trial_score,
+            "metric": the_plan.metric, "objectives": [list(o) for o in the_plan.objectives],
+            "max_latency_ms": the_plan.max_latency_ms,
+            # What each architecture was measured to cost: re-measured differently (another
+            # latency: setting, machine), finished and resumed trials would not compare.
+            "costs": the_plan.costs or None}
+
+
+def study_record(study: Study) -> dict[str, Any]:
+    """What a search's study is, as a resume compares it: the features (their folder is named by
+    their fingerprint), the teacher and its logits (named by the teacher's fingerprint). Without
+    cached logits (an online teacher) a local teacher folder is identified by its files."""
+    out = {"features": storage.join(study.prepared).rsplit("/", 1)[-1], "teacher": study.teacher,
+           "teacher_logits": study.teacher_file}
+    if study.teacher and not study.teacher_file and not storage.is_remote(study.teacher):
+        from raykd.study import cache as teacher_cache  # torch: only when a search has started
+
+        out["teacher_files"] = teacher_cache.model_identity(study.teacher)
     return out
 
 

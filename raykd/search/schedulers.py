@@ -1,6 +1,8 @@
-"""Early stopping that is fair across student sizes: one ASHA per architecture.
+"""Early stopping: ASHA that judges a trial by its score and survives an interrupted search
+(:class:`ResumableASHA`, with a marker file per trial it stopped), and early stopping that is fair
+across student sizes: one ASHA per architecture (:class:`PerArchitectureScheduler`).
 
-In a search over student architectures, ASHA on F1 alone compares a 2-layer student with a
+Fair stopping: in a search over student architectures, ASHA on F1 alone compares a 2-layer student with a
 6-layer one at the same round and stops the small one for scoring lower, although it may be the
 best answer within a latency budget: every small architecture would be cut before its point on
 the Pareto front is known. The rule here: **a trial is only ever compared with trials of its own
@@ -22,12 +24,19 @@ front is refused loudly rather than given a fresh, empty ASHA.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from raykd import objective, storage
+from raykd.search.plan import Plan
 
 
 class ArchitectureOf:
@@ -130,3 +139,184 @@ class PerArchitectureScheduler(TrialScheduler):
 
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA that judges a trial by its score, never stops a trial on its final round, and whose
+    rungs survive an interrupted search.
+
+    - The score: Ray's ASHA compares the value a trial reports *this* round. Under
+      ``trial_score: best`` Optuna, the summary, the kept checkpoint and the registry judge a trial
+      by its best round so far, so ASHA is handed that number too (under ``last``, this round's):
+      one number everywhere.
+    - A final round (``final`` in the result) is never stopped, whatever rung it lands on (a trial
+      with fewer optimizer steps than rounds reports merged rounds, its last one possibly on a
+      rung): a trial that ran its schedule is COMPLETED. It still enters its rung when it ends
+      (``on_trial_complete``), so later trials are compared with it.
+    - Resume: Tune's restore rebuilds the scheduler from its initial state (it saves the searcher's
+      state, not the scheduler's), so a resumed search would forget which trial reached which rung
+      with which score. The rungs are written beside the experiment after every result and read
+      back on resume. A trial ASHA stopped also gets a marker file (``stopped/<trial id>.json``,
+      with the round it was stopped at): after a hard kill Tune's saved state can be older and
+      resume it, and the trial driver reads the marker and trains nothing more.
+    """
+
+    def __init__(self, state_uri: str, stopped_uri: str, trial_score: str = "best", **kwargs):
+        super().__init__(**kwargs)
+        self._stopped: dict[str, int] = {}  # trial id -> the round ASHA stopped it at
+        self._score: dict[str, float] = {}  # trial id -> its score so far
+        self._seen: dict[str, int] = {}  # trial id -> the last round this scheduler judged
+        self._trial_score = trial_score
+        self._score_metric = kwargs.get("metric")
+        self._score_mode = kwargs.get("mode")
+        self._round_attr = kwargs.get("time_attr", TRAINING_ITERATION)
+        self._state_uri = state_uri
+        self._stopped_uri = stopped_uri
+        fs, path = storage.filesystem(state_uri)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)  # a fresh search starts with empty rungs
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        ok = super().set_search_properties(metric, mode, **spec)
+        if ok:
+            self._score_metric = metric or self._score_metric
+            self._score_mode = mode or self._score_mode
+        return ok
+
+    def __setstate__(self, state: dict) -> None:
+        # Tuner.restore unpickles the scheduler as it was when the search started: bring the
+        # rungs up to date from the file written during the search.
+        self.__dict__.update(state)
+        fs, path = storage.filesystem(self._state_uri)
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            with fs.open_input_stream(path) as f:
+                saved = pickle.loads(f.read())
+            self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
+            self._num_stopped = saved["num_stopped"]
+            self._stopped, self._score, self._seen = saved["stopped"], saved["score"], saved["seen"]
+            for trial_id, round_ in self._stopped.items():
+                write_stopped(self._stopped_uri, trial_id, round_)
+
+    def _save(self) -> None:
+        fs, path = storage.filesystem(self._state_uri)
+        tmp = path + ".tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
+                                  "num_stopped": self._num_stopped, "stopped": self._stopped,
+                                  "score": self._score, "seen": self._seen}))
+        fs.move(tmp, path)
+
+    def _scored(self, trial_id: str, result: dict) -> dict:
+        """The result with the metric replaced by the trial's score so far."""
+        metric = self._score_metric
+        if metric not in result:
+            return result
+        value, prev = float(result[metric]), self._score.get(trial_id)
+        if prev is not None and self._trial_score == "best":
+            value = max(prev, value) if self._score_mode == "max" else min(prev, value)
+        self._score[trial_id] = value
+        return {**result, metric: value}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        # A restored trial keeps the bracket it had; only a new one is assigned.
+        if trial.trial_id not in self._trial_info:
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if trial.trial_id in self._stopped:
+            return self.STOP
+        decision, rnd = self.CONTINUE, int(result.get(self._round_attr, 0))
+        # Rounds this scheduler never saw (reported to Train while an interrupted search was
+        # stopping, then resumed past): judged first, each as it would have been, so a resumed
+        # trial meets every rung it passed with its score there.
+        for missed, value in unseen_rounds(result, self._seen.get(trial.trial_id, 0), rnd):
+            decision = self._judge(tune_controller, trial, {self._round_attr: missed, self._score_metric: value})
+            if decision == self.STOP:
+                self._stopped[trial.trial_id] = missed
+                break
+        if decision != self.STOP:
+            decision = self._judge(tune_controller, trial, result)
+            if decision == self.STOP:
+                self._stopped[trial.trial_id] = rnd
+        self._seen[trial.trial_id] = max(rnd, self._seen.get(trial.trial_id, 0))
+        # The rungs first, then the marker: a kill between the two leaves a stop the restored
+        # rungs know of, and __setstate__ writes its marker.
+        self._save()
+        if decision == self.STOP:
+            write_stopped(self._stopped_uri, trial.trial_id, self._stopped[trial.trial_id])
+        return decision
+
+    def _judge(self, tune_controller, trial, result: dict) -> str:
+        result = self._scored(trial.trial_id, result)
+        if result.get("final", False):
+            # Its rung gets it in on_trial_complete, when fit() has returned.
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if trial.trial_id in self._trial_info and trial.trial_id not in self._stopped:
+            # The last result was already scored in on_trial_result (scoring again is idempotent).
+            # A stopped trial is in the rung it was stopped at already: the result Tune ends it
+            # with may be a later round's (one judged from the history), which must enter no rung.
+            super().on_trial_complete(tune_controller, trial, self._scored(trial.trial_id, result))
+        self._save()
+
+
+STOPPED = "stopped"  # the folder of the stop markers, in the experiment's
+ASHA_STATE = "asha_state.pkl"
+
+
+def unseen_rounds(result: dict, seen: int, current: int) -> list[tuple[int, float]]:
+    """(round, objective) of the rounds after ``seen`` and before ``current`` that the result's
+    history (:data:`raykd.objective.ROUND_SCORES`) holds: rounds a trial reported to Train that
+    never reached Tune (an interrupted search), in order."""
+    text = result.get(objective.ROUND_SCORES)
+    if not text:
+        return []
+    return [(int(r), float(v)) for r, v in json.loads(text) if seen < int(r) < current]
+
+
+def write_stopped(stopped_uri: str, trial_id: str, round_: int) -> None:
+    storage.write_text(storage.join(stopped_uri, f"{trial_id}.json"), json.dumps({"round": round_}))
+
+
+def stopped_at(stopped_uri: str | None, trial_id: str) -> int | None:
+    """The round ASHA stopped the trial at, or None when it did not stop it."""
+    if stopped_uri is None:
+        return None
+    text = storage.read_text(storage.join(stopped_uri, f"{trial_id}.json"))
+    return None if text is None else int(json.loads(text)["round"])
+
+
+def all_stopped(stopped_uri: str) -> dict[str, int]:
+    fs, root = storage.filesystem(stopped_uri)
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.base_name.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                out[info.base_name[:-len(".json")]] = int(json.loads(f.read())["round"])
+    return out
+
+
+def make_scheduler(the_plan: Plan, experiment_path: str, stopped_uri: str, reduction_factor: float,
+                   key_of: Callable[[Mapping[str, Any]], str]) -> TrialScheduler:
+    """The scheduler of a new search: none that stops (FIFO) without a first rung; otherwise a
+    resumable ASHA, one per architecture (``key_of`` a trial's config) when the plan measured
+    several."""
+    if the_plan.grace is None:
+        return FIFOScheduler()
+
+    # max_t one past the last round: a trial that completes ends by returning from fit() (Train
+    # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
+    # its placement group to Train's asynchronous cleaner.
+    def asha(state_file: str) -> ResumableASHA:
+        return ResumableASHA(f"{experiment_path}/{state_file}", stopped_uri, trial_score=the_plan.trial_score,
+                             time_attr="round", max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
+                             reduction_factor=reduction_factor)
+
+    if len(the_plan.costs) <= 1:
+        return asha(ASHA_STATE)
+    # Students of different sizes are never compared with each other.
+    return PerArchitectureScheduler(
+        key_of, lambda key: asha(f"asha_state-{hashlib.sha256(key.encode()).hexdigest()[:12]}.pkl"),
+        keys=list(the_plan.costs))
