@@ -77,18 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     _common_args(p)
 
-    p = sub.add_parser("evaluate", help="SQuAD v1.1 EM/F1 of a saved question-answering model on a SQuAD-format file")
+    p = sub.add_parser("evaluate", help="score a saved model on a local data file through its task: EM/F1 of a "
+                                        "question-answering model, accuracy/F1 of a classifier")
     p.add_argument("--model", required=True, help="model folder (save_pretrained format) or hub name")
-    p.add_argument("--data", required=True, help="SQuAD v1.1 JSON file")
-    p.add_argument("--max-length", type=int, default=384)
-    p.add_argument("--doc-stride", type=int, default=128)
+    p.add_argument("--data", required=True, help="the task's data file: SQuAD v1.1 JSON (question answering); "
+                                                 "CSV, TSV or JSON lines with 'sentence' and 'label' (classification)")
+    from raykd import tasks
+    from raykd.config import DataConfig
+
+    d = DataConfig()  # the flags' defaults are the config's
+    p.add_argument("--task", default=None, choices=tasks.names(),
+                   help="the task to score (default: the one whose head --model carries; question_answering "
+                        "when it carries none)")
+    p.add_argument("--max-length", type=int, default=None, help=f"tokens per feature (default {d.max_length})")
+    p.add_argument("--doc-stride", type=int, default=None,
+                   help=f"question answering: overlap of a long context's windows (default {d.doc_stride})")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--n-best", type=int, default=20, help="candidate starts and ends per window (default 20)")
-    p.add_argument("--max-answer-length", type=int, default=30, help="longest answer in tokens (default 30)")
+    p.add_argument("--n-best", type=int, default=None,
+                   help=f"question answering: candidate starts and ends per window (default {d.n_best})")
+    p.add_argument("--max-answer-length", type=int, default=None,
+                   help=f"question answering: longest answer in tokens (default {d.max_answer_length})")
     p.add_argument("--predictions", metavar="FILE", default=None,
-                   help="write {question_id: answer} as the official SQuAD v1.1 evaluate-v1.1.py reads it")
+                   help="question answering: write {question_id: answer} as the official SQuAD v1.1 "
+                        "evaluate-v1.1.py reads it")
     p.add_argument("--nbest", metavar="FILE", default=None,
-                   help="write each question's n-best answers with scores and probabilities")
+                   help="question answering: write each question's n-best answers with scores and probabilities")
     _common_args(p)
 
     p = sub.add_parser("search", help="Ray Tune + Optuna + ASHA over the distillation trainer")
@@ -160,9 +173,9 @@ def cmd_prepare(args) -> int:
 def cmd_evaluate(args) -> int:
     from raykd import run
 
-    print(json.dumps(run.evaluate_model(args.model, args.data, args.max_length, args.doc_stride,
-                                        args.batch_size, args.predictions, args.nbest, args.n_best,
-                                        args.max_answer_length), indent=2))
+    settings = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in run.EVALUATE_FLAGS}
+    print(json.dumps(run.evaluate_model(args.model, args.data, args.task, settings, args.batch_size,
+                                        args.predictions, args.nbest), indent=2))
     return 0
 
 

@@ -382,15 +382,16 @@ def check(cfg: config_mod.RaykdConfig, mode: str, params: list | None = None, *,
     check_models(cfg, mode, params)
 
 
-def check_evaluate(model: str, data_file: str, max_length: int, doc_stride: int, batch_size: int,
-                   warn=_stderr) -> None:
+def check_evaluate(cfg: config_mod.RaykdConfig, model: str, data_file: str, batch_size: int, warn=_stderr) -> None:
+    """``cli.py evaluate``: settings in range, a data file ``cfg``'s task reads, a model folder."""
+    max_length, doc_stride = cfg.data.max_length, cfg.data.doc_stride
     if max_length < 1:
         raise PreflightError(f"--max-length {max_length}: must be > 0")
-    if not 0 < doc_stride < max_length:
+    if "data.doc_stride" not in tasks.get(cfg.task).unused_keys and not 0 < doc_stride < max_length:
         raise PreflightError(f"--doc-stride {doc_stride}: must be in (0, --max-length={max_length})")
     if batch_size < 1:
         raise PreflightError(f"--batch-size {batch_size}: must be > 0")
-    check_data_file(tasks.get("question_answering"), None, data_file, "--data", warn)
+    check_data_file(tasks.get(cfg.task), cfg, data_file, "--data", warn)
     conf = model_config(model, "--model")
     limit = _positions(conf)
     if limit is not None and max_length > limit:

@@ -111,31 +111,65 @@ def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
     return {**info, "teacher": study.teacher, "teacher_file": study.teacher_file}
 
 
-def evaluate_model(model: str, data_file: str, max_length: int = 384, doc_stride: int = 128,
-                   batch_size: int = 64, predictions_file: str | None = None, nbest_file: str | None = None,
-                   n_best: int = 20, max_answer_length: int = 30) -> dict[str, Any]:
-    """EM/F1 of a saved question-answering model on a SQuAD v1.1 JSON file (no Ray needed);
-    optionally writes the answers in the official script's format and the n-best lists
-    (:mod:`raykd.tasks.qa.predictions`)."""
-    preflight.check_evaluate(model, data_file, max_length, doc_stride, batch_size)
-    from raykd.tasks.qa import data, inference, predictions
-    from raykd.tasks.qa.task import HEAD
+# cli.py evaluate's data settings: flag -> the DataConfig field it sets.
+EVALUATE_FLAGS = {"--max-length": "max_length", "--doc-stride": "doc_stride", "--n-best": "n_best",
+                  "--max-answer-length": "max_answer_length"}
+
+
+def evaluate_config(model: str, task: str | None = None, settings: dict[str, Any] | None = None,
+                    writes: tuple[str, ...] = ()) -> RaykdConfig:
+    """The config ``cli.py evaluate`` scores ``model`` with: its task is ``task``, else the one whose
+    trained head the model carries, else question answering (a bare encoder: its QA head is new);
+    ``settings`` {flag: value or None}; ``writes``: the files asked for (``--predictions``).
+    Refuses a model with another task's head, and a flag or file the task has no use for."""
+    from raykd import tasks
+    from raykd.config import DataConfig
+
+    conf = preflight.model_config(model, "--model")
+    carried = tasks.of_model(conf)
+    chosen = tasks.get(task) if task else carried or tasks.get("question_answering")
+    if carried and carried is not chosen:
+        raise preflight.PreflightError(
+            f"--model {model}: is a {conf['architectures'][0]}, a {carried.name} model; scoring it as "
+            f"{chosen.name} would score a random head: use --task {carried.name}, or a {chosen.name} model")
+    given = {flag: value for flag, value in (settings or {}).items() if value is not None}
+    for flag in given:
+        why = chosen.unused_keys.get(f"data.{EVALUATE_FLAGS[flag]}")
+        if why:
+            raise preflight.PreflightError(f"{flag}: has no effect for task {chosen.name} ({why}); leave it out")
+    for name in writes:
+        if name not in chosen.writes:
+            raise preflight.PreflightError(f"--{name}: task {chosen.name} writes no {name} file; leave it out")
+    data = {EVALUATE_FLAGS[flag]: value for flag, value in given.items()}
+    labels = (conf or {}).get("id2label")
+    if "data.num_labels" not in chosen.unused_keys and isinstance(labels, dict):
+        data["num_labels"] = len(labels)  # the classifier's own classes
+    # Not validated as a config file is: check_evaluate refuses bad values naming their flags.
+    return RaykdConfig(task=chosen.name, data=DataConfig(**data))
+
+
+def evaluate_model(model: str, data_file: str, task: str | None = None, settings: dict[str, Any] | None = None,
+                   batch_size: int = 64, predictions_file: str | None = None,
+                   nbest_file: str | None = None) -> dict[str, Any]:
+    """Scores of a saved model on a local data file, through its task (no Ray needed): EM/F1 of a
+    question-answering model on SQuAD v1.1 JSON, accuracy/F1 of a classifier on SST-2-style rows
+    (see :func:`evaluate_config` for which task). Score keys lose their ``eval_`` prefix
+    (``f1``, ``exact_match``, ``accuracy``). A QA model can also write its answers in the official
+    script's format and its n-best lists (:mod:`raykd.tasks.qa.predictions`)."""
+    from raykd import tasks
+
+    write = {k: v for k, v in (("predictions", predictions_file), ("nbest", nbest_file)) if v}
+    cfg = evaluate_config(model, task, settings, tuple(write))
+    preflight.check_evaluate(cfg, model, data_file, batch_size)
     from raykd.training import models
 
+    chosen = tasks.get(cfg.task)
     tok = models.load_tokenizer(model)
-    qa = models.load_model(model, HEAD)
-    loaded = data.read_squad_json(data_file)
-    feats = data.build_features(loaded.examples, tok, max_length, doc_stride, train=False)
-    scores, preds = inference.evaluate(qa, feats, loaded.examples, n_best=n_best,
-                                       max_answer_length=max_answer_length, batch_size=batch_size,
-                                       keep_nbest=nbest_file is not None, progress="[raykd evaluate]")
-    out = {"exact_match": scores["exact_match"], "f1": scores["f1"], "examples": len(loaded.examples),
-           "skipped": loaded.skipped}
-    if predictions_file:
-        out["predictions"] = str(predictions.write_answers(predictions_file, preds))
-    if nbest_file:
-        out["nbest"] = str(predictions.write_nbest(nbest_file, preds))
-    return out
+    scored = models.load_model(model, chosen.head(cfg))
+    got = chosen.score_file(scored, tok, data_file, cfg.data, batch_size, progress="[raykd evaluate]", write=write)
+    keys = chosen.score_keys()
+    return {**{k.removeprefix("eval_"): got[k] for k in sorted(keys)},
+            **{k: v for k, v in got.items() if k not in keys}, "task": chosen.name}
 
 
 @dataclasses.dataclass

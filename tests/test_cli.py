@@ -1,4 +1,5 @@
-"""The real CLI in subprocesses: help, exit status and message on bad input, evaluate, train."""
+"""The real CLI, in subprocesses and in-process (``cli.main``): help, exit status and message on bad input,
+evaluate (either task), train."""
 
 import json
 import os
@@ -72,9 +73,69 @@ def test_bad_space_is_rejected_before_ray_starts(tmp_path):
 
 def test_missing_inputs_exit_2(tmp_path):
     out = cli("evaluate", "--model", "./nowhere", "--data", "nothing.json", cwd=tmp_path)
-    assert out.returncode == 2 and "no such file" in out.stderr
+    assert out.returncode == 2 and "--model ./nowhere: no such folder" in out.stderr
     out = cli("search", "--config", "missing.yaml", cwd=tmp_path)
     assert out.returncode == 2 and "no such config file" in out.stderr
+
+
+# --- cli.py evaluate in-process: the task comes from the model -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory):
+    """A tiny classifier and the first 24 sentences of the repository's SST-2 sample."""
+    import helpers
+
+    root = tmp_path_factory.mktemp("evaluate")
+    lines = (ROOT / "data" / "sst2_real" / "validation.jsonl").read_text().splitlines()[:24]
+    (root / "dev.jsonl").write_text("\n".join(lines) + "\n")
+    return {"model": helpers.tiny_bert_classifier(root / "cls", seed=3), "data": root / "dev.jsonl", "root": root}
+
+
+def _accuracy_by_hand(model_dir: Path, rows: list[dict], max_length: int) -> float:
+    """The classifier's argmax accuracy straight from transformers, without raykd."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    enc = AutoTokenizer.from_pretrained(model_dir)([r["sentence"] for r in rows], truncation=True,
+                                                   max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**enc).logits.argmax(-1).tolist()
+    return 100.0 * sum(p == r["label"] for p, r in zip(predicted, rows)) / len(rows)
+
+
+def test_evaluate_scores_a_classifier_through_its_task(sst2, capsys):
+    import cli
+
+    rc = cli.main(["evaluate", "--model", str(sst2["model"]), "--data", str(sst2["data"]), "--max-length", "32",
+                   "--batch-size", "5"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    scores = json.loads(out)  # stdout is the result only
+    rows = [json.loads(line) for line in sst2["data"].read_text().splitlines()]
+    assert scores["task"] == "classification" and scores["examples"] == 24
+    assert scores["accuracy"] == pytest.approx(_accuracy_by_hand(sst2["model"], rows, 32), abs=1e-9)
+    assert 0 <= scores["f1"] <= 100 and "[raykd evaluate]: 24/24 features" in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--data", "squad"], "no text column"),  # a classifier's task cannot read SQuAD JSON
+    (["--task", "question_answering"], "a classification model; scoring it as question_answering"),
+    (["--doc-stride", "16"], "--doc-stride: has no effect for task classification"),
+    (["--predictions", "p.json"], "--predictions: task classification writes no predictions file"),
+])
+def test_evaluate_refuses_a_task_that_does_not_fit_in_one_line(sst2, capsys, args, says):
+    import cli
+
+    squad = sst2["root"] / "dev.json"
+    squad.write_text(json.dumps(__import__("raykd.tasks.qa.synthetic", fromlist=["generate"]).generate(4, seed=5)))
+    args = [str(squad) if a == "squad" else a for a in args]
+    data = [] if "--data" in args else ["--data", str(sst2["data"])]
+    rc = cli.main(["evaluate", "--model", str(sst2["model"]), *data, "--max-length", "32", *args])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and says in err
+    assert err.startswith("raykd: error: ") and err.count("\n") == 1, err
 
 
 @pytest.mark.integration

@@ -19,4 +19,12 @@ def get(name: str) -> Task:
     return _TASKS[name]
 
 
-__all__ = ["Built", "Column", "DataError", "Score", "Task", "get", "names"]
+def of_model(conf: dict | None) -> Task | None:
+    """The task whose trained head a model's config.json names (``architectures``), or None when
+    it names none of theirs (a bare encoder, a masked-LM checkpoint, no config)."""
+    archs = (conf or {}).get("architectures") or []
+    found = [t for t in _TASKS.values() if any(str(a).endswith(t.architecture) for a in archs)]
+    return found[0] if len(found) == 1 else None
+
+
+__all__ = ["Built", "Column", "DataError", "Score", "Task", "get", "names", "of_model"]

@@ -78,6 +78,8 @@ class Task(ABC):
     serving_outputs: ClassVar[tuple[Column, ...]]
     # Whether check_teacher looks at anything (an online teacher is then run on a sample first).
     checks_teacher: ClassVar[bool] = False
+    # Files ``cli.py evaluate`` can write besides the scores, by flag name (QA: its answers).
+    writes: ClassVar[tuple[str, ...]] = ()
 
     def score_keys(self) -> tuple[str, ...]:
         return tuple(s.key for s in self.scores)
@@ -166,6 +168,22 @@ class Task(ABC):
                  autocast_dtype: torch.dtype | None = None, progress: str | None = None) -> dict[str, float]:
         """{score key: value} for every key of :attr:`scores`, in percent; ``progress``: the label
         of a progress line on stderr (a long ``cli.py evaluate``)."""
+
+    # --- scoring a file (cli.py evaluate) ---------------------------------------------------------
+
+    @abstractmethod
+    def eval_file(self, path: str, tokenizer, cfg: DataConfig) -> tuple[Dataset, Dataset, dict[str, Any]]:
+        """A local evaluation file read as this task reads it: (features, examples, counts for the
+        report, such as ``examples``)."""
+
+    def score_file(self, model: torch.nn.Module, tokenizer, path: str, cfg: DataConfig, batch_size: int,
+                   progress: str | None = None, write: dict[str, str] | None = None) -> dict[str, Any]:
+        """{score key: value, count: n} of ``model`` on a local data file; ``write``: {name in
+        :attr:`writes`: path} of files to write too (their paths are returned under the name)."""
+        if write:
+            raise ValueError(f"task {self.name} writes no {', '.join(write)} file")  # refused before, by the caller
+        features, examples, counts = self.eval_file(path, tokenizer, cfg)
+        return {**self.evaluate(model, features, examples, cfg, batch_size, progress=progress), **counts}
 
     # --- serving ------------------------------------------------------------------------------
 

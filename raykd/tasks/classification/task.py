@@ -207,6 +207,14 @@ class Classification(Task):
         logits = self.predict_logits(model, features, batch_size, device, autocast_dtype, progress=progress)[:, 0]
         return scores(logits.argmax(axis=-1), np.asarray(features["labels"]), cfg.num_labels)
 
+    # --- scoring a file -----------------------------------------------------------------------
+
+    def eval_file(self, path: str, tokenizer, cfg: DataConfig):
+        from datasets import Dataset
+
+        examples = Dataset.from_list(text_data.read_file(path, cfg.num_labels))
+        return text_data.build_features(examples, tokenizer, cfg.max_length), examples, {"examples": len(examples)}
+
     # --- serving ------------------------------------------------------------------------------
 
     def serving_example(self) -> dict[str, list]:

@@ -35,6 +35,7 @@ class QuestionAnswering(Task):
     unused_keys: ClassVar[dict[str, str]] = {"data.num_labels": "answers are spans of the context, not labels"}
     file_format = "SQuAD v1.1 JSON"
     architecture = "ForQuestionAnswering"
+    writes = ("predictions", "nbest")  # the official script's answers file; each question's n-best
     serving_inputs = (Column("question", "string"), Column("context", "string"))
     # start/end are always set (-1 when there is no answer).
     serving_outputs = (Column("answer", "string"), Column("score", "double"), Column("start", "long"),
@@ -111,6 +112,28 @@ class QuestionAnswering(Task):
         scores, _ = inference.evaluate(model, features, examples, cfg.n_best, cfg.max_answer_length, batch_size,
                                        device, autocast_dtype, progress=progress)
         return {metrics.METRIC: scores["f1"], "eval_exact_match": scores["exact_match"]}
+
+    # --- scoring a file -----------------------------------------------------------------------
+
+    def eval_file(self, path: str, tokenizer, cfg: DataConfig):
+        loaded = data_mod.read_squad_json(path)
+        features = data_mod.build_features(loaded.examples, tokenizer, cfg.max_length, cfg.doc_stride, train=False)
+        return features, loaded.examples, {"examples": len(loaded.examples), "skipped": loaded.skipped}
+
+    def score_file(self, model, tokenizer, path: str, cfg: DataConfig, batch_size: int,
+                   progress: str | None = None, write: dict[str, str] | None = None) -> dict[str, Any]:
+        from raykd.tasks.qa import inference, predictions
+
+        write = write or {}
+        features, examples, counts = self.eval_file(path, tokenizer, cfg)
+        scores, preds = inference.evaluate(model, features, examples, cfg.n_best, cfg.max_answer_length, batch_size,
+                                           keep_nbest="nbest" in write, progress=progress)
+        out = {metrics.METRIC: scores["f1"], "eval_exact_match": scores["exact_match"], **counts}
+        if "predictions" in write:
+            out["predictions"] = str(predictions.write_answers(write["predictions"], preds))
+        if "nbest" in write:
+            out["nbest"] = str(predictions.write_nbest(write["nbest"], preds))
+        return out
 
     # --- serving ------------------------------------------------------------------------------
 
