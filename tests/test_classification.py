@@ -3,6 +3,7 @@ head and layer copy, the teacher-logit cache on its [N, 1, C] shape, the served 
 settings and preflight refusals that belong to it."""
 
 import json
+from pathlib import Path
 
 import helpers
 import numpy as np
@@ -426,3 +427,34 @@ def test_an_online_teacher_is_checked_on_a_sample(tmp_path, tiny_classifier, mon
     monkeypatch.setattr(type(CLS), "check_teacher", lambda self, logits, train, warn: seen.append((logits.shape, len(train))))
     teacher_cache.check_online_teacher(prep, str(tiny_classifier), sample=10)
     assert seen == [((10, 1, 2), 10)]
+
+
+# --- the tasks package's imports ------------------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside a function."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_tasks_import_neither_the_rooms_above_them_nor_each_other():
+    root = Path(tasks.__file__).parent
+    # Of raykd.training, only the model plumbing (models, losses) sits below the tasks.
+    above = ("ray", "mlflow", "raykd.training.loop", "raykd.training.trainer", "raykd.search", "raykd.study",
+             "raykd.tracking", "raykd.serving", "raykd.run")
+    other = {"qa": "raykd.tasks.classification", "classification": "raykd.tasks.qa"}
+    files = sorted(root.rglob("*.py"))
+    assert len(files) > 10
+    for path in files:
+        folder = path.relative_to(root).parts[0]
+        bad = [m for m in _imports(path) if any(m == a or m.startswith(a + ".") for a in above)
+               or (folder in other and m.startswith(other[folder]))]
+        assert not bad, f"{path.relative_to(root)} imports {bad}"

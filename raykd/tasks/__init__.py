@@ -1,5 +1,17 @@
 """The tasks raykd can distil, by name (``task:`` in a config). Everything task-specific is in
-this package; see :mod:`raykd.tasks.base` for what a task owns."""
+this package; see :mod:`raykd.tasks.base` for what a task owns.
+
+Owns: the Task seam (``base.py``), the one batched forward pass from features to a task's logits
+(``forward.py``), the registry here (by name, and :func:`of_model`: by the head a model carries),
+and one folder per task (``qa/``, ``classification/``), which never import each other.
+
+Where it sits: above raykd.config, errors, console and storage and the model plumbing of
+raykd.training (``models``: heads, loading, a forward call; ``losses``: the hard loss), which
+import nothing of raykd but raykd.errors; below everything that asks a task (the study cache, the
+training loop, the search, serving, the CLI). Tasks never import ray, mlflow, nor raykd's search,
+study, tracking or serving. Heavy libraries (torch, datasets, pyarrow) load inside functions or in
+``forward.py``/``qa/inference.py``: config validation and preflight use the registry cheaply.
+"""
 
 from __future__ import annotations
 

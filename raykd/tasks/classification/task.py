@@ -1,5 +1,5 @@
 """Text classification (SST-2 and the like), the second task: sentences or sentence pairs with an
-integer label (:mod:`raykd.tasks.text_data`), a sequence-classification head, and accuracy plus F1
+integer label (:mod:`raykd.tasks.classification.data`), a sequence-classification head, and accuracy plus F1
 (of label 1 when there are two classes, macro-F1 over classes otherwise), in percent.
 
 Distilled logits: one distribution over the classes per example, [B, 1, C], no mask: soft-target

@@ -1,7 +1,8 @@
 """Extractive question answering on SQuAD v1.1, the first task. Its data and features are
-:mod:`raykd.data` (sliding windows, gold spans, the answer-position mask), its scoring
-:mod:`raykd.metrics` (n-best spans, the official EM/F1) through :mod:`raykd.inference`, and its
-generated data :mod:`raykd.synthetic`; this module is what the rest of raykd sees of them.
+:mod:`raykd.tasks.qa.data` (sliding windows, gold spans, the answer-position mask), its scoring
+:mod:`raykd.tasks.qa.metrics` (n-best spans, the official EM/F1) through
+:mod:`raykd.tasks.qa.inference`, and its generated data :mod:`raykd.tasks.qa.synthetic`; this
+module is what the rest of raykd sees of them.
 
 Distilled logits: the start and the end distributions over positions, [B, 2, L], masked to the
 positions that may hold an answer (context tokens and CLS).
