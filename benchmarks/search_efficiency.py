@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +251,205 @@ def report(s: Settings, results: dict[str, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Where a trial's fixed cost goes, read from the Ray session's own logs (one trial at a time)
+
+_TS = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+# Train V2 controller log lines that mark the steps of starting and stopping a run.
+CONTROLLER_MARKS = {
+    "requested": "Requesting resources",
+    "pg_cleaner": "PlacementGroupCleaner launched",
+    "group_start": "Attempting to start training worker group",
+    "workers_created": "worker actors created",
+    "context_ready": "Train context initialized",
+    "launched": "Train function launched",
+    "shutting_down": "Shutting down",
+    "shut_down": "Worker group shutdown successful",
+}
+
+
+TRIAL_ACTOR = "Tune trial actor (ImplicitFunc: raykd's trial driver)"
+
+
+def _stamp(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _core_log(path: Path) -> dict[str, Any]:
+    """A Ray worker process's core log: its start and end, and the actor it was created for."""
+    out: dict[str, Any] = {"start": None, "end": None, "creating": None, "actor_id": None}
+    for line in path.read_text(errors="replace").splitlines():
+        m = _TS.match(line)
+        if not m:
+            continue
+        t = _stamp(m.group(1))
+        out["start"] = out["start"] if out["start"] is not None else t
+        out["end"] = t
+        if "Creating actor actor_id=" in line and out["creating"] is None:
+            out["creating"], out["actor_id"] = t, line.rsplit("actor_id=", 1)[1].split()[0]
+    return out
+
+
+def read_ray_session(logs: Path) -> dict[str, Any]:
+    """Every actor process of a Ray session (``<session>/logs``): its class, pid, process start,
+    when its actor was registered and created (the GCS's log) and when the process ended; and the
+    Train V2 controllers' marks by run name."""
+    gcs: dict[str, dict[str, float]] = {}
+    for line in (logs / "gcs_server.out").read_text(errors="replace").splitlines():
+        m = _TS.match(line)
+        if m and "actor_id=" in line:
+            actor = line.rsplit("actor_id=", 1)[1].split()[0]
+            key = "registered" if "Registering actor" in line else "created" if "Finished creating actor" in line else None
+            if key:
+                gcs.setdefault(actor, {}).setdefault(key, _stamp(m.group(1)))
+    actors = []
+    for out in sorted(logs.glob("worker-*.out")):
+        text = out.read_text(errors="replace") + (out.with_suffix(".err").read_text(errors="replace")
+                                                  if out.with_suffix(".err").exists() else "")
+        names = re.findall(r":actor_name:(\w+)", text)
+        if not names:
+            continue
+        worker_id, pid = out.stem.split("-")[1], out.stem.split("-")[-1]
+        core = logs / f"python-core-worker-{worker_id}_{pid}.log"
+        info = _core_log(core) if core.exists() else {}
+        g = gcs.get(info.get("actor_id") or "", {})
+        # Tune's function trainable runs as ImplicitFunc, renamed after the trainable once it runs.
+        cls = TRIAL_ACTOR if "ImplicitFunc" in names else names[-1]
+        actors.append({"class": cls, "pid": int(pid), "worker_id": worker_id, **info, **g})
+    controllers = {}
+    for f in sorted((logs / "train").glob("ray-train-sys-controller-*.log")):
+        marks: dict[str, float] = {}
+        run = None
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            run = rec.get("run_name", run)
+            for key, text in CONTROLLER_MARKS.items():
+                if text in rec["message"]:
+                    marks.setdefault(key, rec["timestamp_ns"] / 1e9)
+        controllers[f.stem.rsplit("-", 1)[1]] = {"run": run, **marks}
+    workers = {}
+    for f in sorted((logs / "train").glob("ray-train-sys-worker-*.log")):
+        marks = {}
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            t = rec["timestamp_ns"] / 1e9
+            if "Launching training function" in rec["message"]:
+                marks.setdefault("launching", t)
+            elif "Checkpoint successfully created" in rec["message"]:
+                marks["last_checkpoint"] = t
+            marks.setdefault("run", rec.get("run_name"))
+        workers[marks.get("run")] = marks
+    return {"actors": actors, "controllers": controllers, "workers": workers}
+
+
+def trial_breakdown(session: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per trial (one at a time, in start order), seconds spent on each step from its actor's
+    registration to the next trial's: the trial actor (process start and unpickling the trainable),
+    the driver building its TorchTrainer, the Train controller (process start, unpickling the
+    train function, placement group), the worker group (worker processes, process group), the
+    train function's set-up (raykd's time_setup_s), training + evaluation + checkpoints (from the
+    trial's results), the end of training to the group's shutdown, and the teardown and gap to
+    the next trial actor. ``rows``: Tune's result rows by trial id (:func:`_runner.tune_rows`)."""
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for a in session["actors"]:
+        by_class.setdefault(a["class"], []).append(a)
+    drivers = sorted((a for a in by_class.get(TRIAL_ACTOR, []) if a.get("registered")), key=lambda a: a["registered"])
+    controllers = {a["worker_id"]: a for a in by_class.get("TrainController", [])}
+    out = []
+    for i, d in enumerate(drivers):
+        nxt = drivers[i + 1]["registered"] if i + 1 < len(drivers) else None
+        ctl = next((c for c in controllers.values() if c.get("registered") and d["registered"] <= c["registered"]
+                    and (nxt is None or c["registered"] < nxt)), None)
+        if ctl is None:
+            continue
+        marks = session["controllers"].get(ctl["worker_id"], {})
+        run = marks.get("run")
+        rs = rows.get(run, [])
+        if not rs or not all(k in marks for k in ("requested", "launched", "shut_down")):
+            continue
+        last = rs[-1]
+        worker = session["workers"].get(run, {})
+        launching = worker.get("launching", marks["launched"])
+        # The worker's last checkpoint registered (ms resolution); Tune's timestamp has 1 s.
+        last_report = worker.get("last_checkpoint", float(last["timestamp"]))
+        steps = {
+            "trial actor: process spawned (Python, import ray)": d["start"] - d["registered"],
+            "trial actor: Ray worker start-up": d["creating"] - d["start"],
+            "trial actor: unpickling the trainable (imports raykd.search.tuner)": d["created"] - d["creating"],
+            "trial driver: config, TorchTrainer, controller submitted": ctl["registered"] - d["created"],
+            "Train controller: process spawned + Ray worker start-up": ctl["creating"] - ctl["registered"],
+            "Train controller: unpickling the train function (imports raykd.training.loop)":
+                marks["requested"] - ctl["creating"],
+            "Train controller: __init__ (autoscaling coordinator, placement group cleaner)":
+                ctl["created"] - marks["requested"],
+            "controller: placement group, callbacks": marks["group_start"] - ctl["created"],
+            "worker process started and created": marks["workers_created"] - marks["group_start"],
+            "process group + train context": marks["context_ready"] - marks["workers_created"],
+            "train function launched on the worker (imports raykd.training.loop)": launching - marks["context_ready"],
+            "worker set-up: data, models, teacher logits (raykd's time_setup_s)": float(last.get("time_setup_s", 0.0)),
+            "training steps": float(last.get("time_train_s", 0.0)),
+            "evaluation": float(last.get("time_eval_s", 0.0)),
+            "checkpoints (all but the last round's)": float(last.get("time_checkpoint_s", 0.0)),
+            "last report to worker group shut down": marks["shut_down"] - last_report,
+            "teardown and gap to the next trial actor": (nxt - marks["shut_down"]) if nxt else None,
+        }
+        # What the worker's own timings leave out of its span: the last round's checkpoint and reports.
+        steps["the last checkpoint and reporting"] = (
+            last_report - launching - steps["worker set-up: data, models, teacher logits (raykd's time_setup_s)"]
+            - steps["training steps"] - steps["evaluation"] - steps["checkpoints (all but the last round's)"])
+        out.append({"trial": run, "steps": steps, "span_s": (nxt or marks["shut_down"]) - d["registered"]})
+    return out
+
+
+def side_actors(session: dict[str, Any]) -> list[list[Any]]:
+    """Each actor class: how many processes were started, and the median seconds from registration
+    to created (process start + constructor) and of each process's life."""
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for a in session["actors"]:
+        by_class.setdefault(a["class"], []).append(a)
+    rows = []
+    for cls, xs in sorted(by_class.items()):
+        ready = [a["created"] - a["registered"] for a in xs if a.get("created") and a.get("registered")]
+        life = [a["end"] - a["start"] for a in xs if a.get("end") and a.get("start")]
+        rows.append([cls, len(xs), f"{statistics.median(ready):.2f}" if ready else "–",
+                     f"{statistics.median(life):.1f}" if life else "–"])
+    return rows
+
+
+def fixed_cost_report(logs: Path, experiment: Path, out: Path) -> tuple[Path, Path]:
+    session = read_ray_session(logs)
+    trials = trial_breakdown(session, _runner.tune_rows(experiment))
+    if not trials:
+        raise SystemExit(f"no trial of {experiment} found in the Ray session logs {logs}")
+    names = list(trials[0]["steps"])
+    table = []
+    for name in names:
+        vals = [t["steps"][name] for t in trials if t["steps"][name] is not None]
+        table.append([name, *[("–" if t["steps"][name] is None else f"{t['steps'][name]:.1f}") for t in trials],
+                      f"{statistics.median(vals):.1f}" if vals else "–"])
+    table.append(["trial span (actor registered to the next trial's)", *[f"{t['span_s']:.1f}" for t in trials], ""])
+    sections = [
+        f"Ray session `{logs}`, search `{experiment}`: per trial, seconds on each step from its trial actor's "
+        "registration to the next trial's (GCS actor registration and creation, Train V2 controller log marks, "
+        "raykd's own per-round timings).\n\n"
+        + _results.md_table(["step", *[t["trial"] for t in trials], "median"], table),
+        "## Actor processes of the search\n\n"
+        + _results.md_table(["actor class", "processes", "registered to created (s, median)",
+                             "process life (s, median)"], side_actors(session)),
+    ]
+    return _results.write(out, "search_efficiency-fixed-cost", "Where a trial's fixed cost goes",
+                          {"logs": str(logs), "experiment": str(experiment), "trials": trials,
+                           "actors": session["actors"]}, sections)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--fixed-cost"]:
+        # --fixed-cost RAY_SESSION_LOGS EXPERIMENT [OUT]: the breakdown of a finished search.
+        out = Path(argv[3]) if len(argv) > 3 else ROOT / "benchmarks" / "results"
+        paths = fixed_cost_report(Path(argv[1]), Path(argv[2]), out)
+        print(Path(paths[1]).read_text())
+        return 0
     s = Settings.parse(argv)
     store = _results.ArmStore(s.out / "search_efficiency" / "arms")
     spaces = [quickstart_space(s)] + ([real_space(s)] if s.real_text else [])
