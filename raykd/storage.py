@@ -6,8 +6,9 @@ server).
 
 Owns: resolving a location to (filesystem, path), copying files and folders up and down, small
 text files (summary, run ids), turning the scheme-less paths Ray reports back into URIs, and the
-write-then-rename naming every local cache file uses (:func:`temp_name`, :func:`write_once`).
-Nothing here knows about studies, trials, tasks or Ray.
+write-then-rename naming every local cache file uses (:func:`temp_name`, :func:`write_once`), and
+where one experiment's files go (:class:`ExperimentPaths`, read from a config's storage_path and
+name). Nothing here knows about studies, trials, tasks or Ray.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    from raykd.config import RaykdConfig
 
 
 def temp_name(path: Path) -> Path:
@@ -135,3 +141,76 @@ def local_copy(location: str) -> Iterator[str]:
         yield str(tmp / "data")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One experiment's places under search.storage_path
+
+TRAIN_RUNS = "train_runs"  # Ray Train's runs of the trials, one folder per trial
+SUMMARY = "summary.json"  # written once a search ends: its presence marks a finished search
+OPTUNA_DB = "optuna.db"  # the Optuna study, beside the experiment when storage is local
+LOGS = "logs"  # the console's log files
+CACHE = "cache"  # prepared studies, under the storage root (unless data.cache_dir says otherwise)
+LOCAL_LOGS = "raykd_logs"  # the logs' folder under the cwd when storage is remote (nowhere local to write)
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """Where one experiment's files go, for a local folder or a URI alike: ``root`` is
+    ``search.storage_path`` (resolved when local), the experiment is ``<root>/<name>`` (``name``:
+    ``search.name``, or ``<search.name>-<mode>`` for a single train/finetune run). Pure paths,
+    the same on every node; nothing is created here."""
+
+    root: str
+    name: str
+    # data.cache_dir: a folder every node sees, in place of <root>/cache.
+    cache_dir: str | None = None
+
+    @classmethod
+    def at(cls, storage_path: str, name: str, cache_dir: str | None = None) -> ExperimentPaths:
+        root = str(storage_path) if is_remote(storage_path) else str(Path(storage_path).expanduser().resolve())
+        return cls(root, name, cache_dir)
+
+    @classmethod
+    def of(cls, cfg: RaykdConfig, mode: str | None = None) -> ExperimentPaths:
+        """A search's places (``mode`` None), or a single run's (``mode``: distill, finetune)."""
+        s = cfg.search
+        return cls.at(s.storage_path, s.name if mode is None else f"{s.name}-{mode}", cfg.data.cache_dir)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    @property
+    def experiment(self) -> str:
+        return join(self.root, self.name)
+
+    @property
+    def runs(self) -> str:
+        return join(self.experiment, TRAIN_RUNS)
+
+    @property
+    def summary(self) -> str:
+        return join(self.experiment, SUMMARY)
+
+    @property
+    def optuna_db(self) -> str | None:
+        """The sqlite file of the Optuna study; None when storage is remote (the study is kept
+        in memory then)."""
+        return None if self.remote else join(self.experiment, OPTUNA_DB)
+
+    @property
+    def logs(self) -> Path:
+        """The console's log folder: in the experiment, or ``./raykd_logs/<name>/logs`` when
+        storage is remote."""
+        if self.remote:
+            return Path(LOCAL_LOGS).resolve() / self.name / LOGS
+        return Path(self.experiment) / LOGS
+
+    @property
+    def cache(self) -> str:
+        """Where prepared studies are shared: data.cache_dir, else ``<root>/cache`` (a URI when
+        storage is remote; :func:`raykd.study.store.place` adds the node-local side)."""
+        if self.cache_dir:
+            return str(Path(self.cache_dir).expanduser().resolve())
+        return join(self.root, CACHE)
