@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    from raykd import tasks  # noqa: F401  (registers the tasks' checks that load_config runs)
     from raykd.config import load_config
 
     overrides = list(args.overrides)

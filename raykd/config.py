@@ -1,9 +1,16 @@
-"""Every raykd setting: typed dataclasses, their defaults (this is the only place defaults live),
-YAML loading, ``--set key=value`` overrides and validation.
+"""Every raykd setting: typed frozen dataclasses, their defaults (this is the only place defaults
+live), YAML loading, ``--set key=value`` overrides and validation.
 
 A config file is a YAML mapping with the sections below plus an optional ``space:`` section (the
 search space, translated by :mod:`raykd.spaces`). Unknown keys and wrong types are errors that name
 the file and the dotted key.
+
+A config is a value: :func:`replace` makes a changed copy (each value checked and coerced to its
+field's type), and :func:`validate` checks the settings against each other. Validation runs where a
+config enters: when it loads (:func:`load_config`, :meth:`RaykdConfig.from_dict`) and when a trial
+starts; a changed copy is not validated again until then (:func:`with_values` does both at once).
+What a task adds to the checks, it registers here (:func:`register_task`, called by
+:mod:`raykd.tasks`): this module never imports the tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
+from raykd import storage
 from raykd.errors import UserError
 
 # What a single run does: distil from a teacher, or fine-tune without one.
@@ -31,7 +39,7 @@ class ConfigError(UserError):
     """A bad setting; the message names the file (when there is one) and the dotted key."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     # Hub name used when no local files are given (``load_dataset(dataset_name, dataset_config)``),
     # e.g. ``squad``, or ``glue`` with ``dataset_config: sst2``.
@@ -66,7 +74,7 @@ class DataConfig:
     cache_dir: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherFinetuneConfig:
     """How to make the teacher when ``models.teacher`` is missing: fine-tune ``base`` on the
     training data first (no distillation) and cache the result on disk."""
@@ -77,7 +85,7 @@ class TeacherFinetuneConfig:
     batch_size: int = 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelsConfig:
     # Hub name, local directory, or ``pkg:<module>/<subdir>`` for weights shipped in a Python package.
     teacher: str | None = "csarron/bert-base-uncased-squad-v1"
@@ -91,7 +99,7 @@ class ModelsConfig:
     teacher_finetune: TeacherFinetuneConfig = field(default_factory=TeacherFinetuneConfig)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
     temperature: float = 2.0
     # L = alpha_ce * T^2 * KL(teacher || student) + alpha_hard * the task's hard loss (cross-entropy
@@ -104,7 +112,7 @@ class DistillConfig:
     teacher_mode: Literal["cached", "online"] = "cached"
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
@@ -122,7 +130,7 @@ class OptimConfig:
     seed: int = 42
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
@@ -136,7 +144,7 @@ class ScalingConfig:
     max_failures: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     name: str = "raykd"
     # Local folder (default ./raykd_results) or a shared path / cloud URI on a cluster.
@@ -179,7 +187,7 @@ class SearchConfig:
     sampler: Literal["tpe", "nsga2"] = "tpe"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
     # None: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db.
@@ -189,7 +197,7 @@ class TrackingConfig:
     register_best: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class LatencyConfig:
     """How a student's serving cost is measured (raykd.onnx_export, raykd.latency): in ONNX Runtime,
     at ``batch_size`` and the study's ``data.max_length``, the median of ``runs`` timed runs after
@@ -217,7 +225,7 @@ def check_latency(lc: LatencyConfig, where: str = "latency", names: dict[str, st
             raise ConfigError(f"{(names or {}).get(key) or f'{where}.{key}'}: {msg}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RaykdConfig:
     # What is learnt: a name in raykd.tasks (question_answering, classification).
     task: str = "question_answering"
@@ -243,10 +251,11 @@ class RaykdConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str | None = None) -> RaykdConfig:
-        cfg = _build(cls, dict(raw), "", source)
-        cfg.source = source
-        validate(cfg)
-        return cfg
+        return validate(dataclasses.replace(_build(cls, dict(raw), "", source), source=source))
+
+    def replace(self, **changes: Any) -> RaykdConfig:
+        """``cfg.replace(**{"optim.learning_rate": 1e-4})``: see :func:`replace`."""
+        return replace(self, changes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +296,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str | None) -> Any:
             raise ConfigError(f"{_where(source, key)}: expected a mapping, got {value!r}")
         return {k: _check_type(v, args[1], f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # a section given whole, already built and checked
+            return value
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(source, key)}: expected a mapping, got {value!r}")
         return _build(tp, value, key, source)
@@ -326,8 +337,14 @@ def canonical(dotted: str) -> str:
     return KEY_ALIASES.get(dotted, dotted)
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A config dataclass's field types (resolved once: ``get_type_hints`` parses the annotations)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: dict[str, Any], prefix: str, source: str | None) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in list(raw.items()):
@@ -353,7 +370,7 @@ def all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     """Every dotted setting (``optim.learning_rate``, ...), sections included."""
     cls = cls or RaykdConfig
     out = []
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name == "source":
             continue
@@ -416,20 +433,54 @@ def suggest(dotted: str) -> str:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-CACHE_DIR_NAME = "cache"  # <storage_path>/cache holds prepared data unless data.cache_dir says otherwise
+CACHE_DIR_NAME = storage.CACHE  # <storage_path>/cache holds prepared data unless data.cache_dir says otherwise
 
 
-def validate(cfg: RaykdConfig) -> None:
-    """Cross-field checks that types alone cannot express; the task adds its own
-    (:meth:`raykd.tasks.Task.config_checks`)."""
-    from raykd import tasks  # the registry reads this module's types: imported when first used
+# ---------------------------------------------------------------------------------------------
+# What a task adds to validation. The tasks read this module's types, so this module cannot import
+# them: raykd.tasks registers each task here when it is imported (every entry point imports it).
 
-    src = cfg.source
-    if cfg.task not in tasks.names():
-        near = difflib.get_close_matches(cfg.task, tasks.names(), n=1, cutoff=0.5)
+
+class TaskRules(typing.Protocol):
+    """The part of a task (:class:`raykd.tasks.Task`) that validation reads."""
+
+    name: str
+    metric: str
+    unused_keys: typing.ClassVar[dict[str, str]]
+
+    def score_keys(self) -> tuple[str, ...]: ...
+
+    def config_checks(self, cfg: RaykdConfig) -> list[tuple[bool, str, str]]: ...
+
+
+_TASKS: dict[str, TaskRules] = {}
+
+
+def register_task(task: TaskRules) -> None:
+    _TASKS[task.name] = task
+
+
+def task_names() -> list[str]:
+    if not _TASKS:
+        # A config cannot be checked without its task's rules: refuse loudly, never skip them.
+        raise RuntimeError("no task is registered with raykd.config: import raykd.tasks before loading a config")
+    return list(_TASKS)
+
+
+def _task_of(cfg: RaykdConfig) -> TaskRules:
+    names = task_names()
+    if cfg.task not in names:
+        near = difflib.get_close_matches(cfg.task, names, n=1, cutoff=0.5)
         hint = f"did you mean {near[0]}? " if near else ""
-        raise ConfigError(f"{_where(src, 'task')}: unknown task {cfg.task!r}; {hint}known: {', '.join(tasks.names())}")
-    task = tasks.get(cfg.task)
+        raise ConfigError(f"{_where(cfg.source, 'task')}: unknown task {cfg.task!r}; {hint}known: {', '.join(names)}")
+    return _TASKS[cfg.task]
+
+
+def validate(cfg: RaykdConfig) -> RaykdConfig:
+    """Cross-field checks that types alone cannot express, the task's own included
+    (:meth:`raykd.tasks.Task.config_checks`); returns ``cfg``."""
+    src = cfg.source
+    task = _task_of(cfg)
     d, o, k, sc, s = cfg.data, cfg.optim, cfg.distill, cfg.scaling, cfg.search
     ft = cfg.models.teacher_finetune
     layers = cfg.models.init_from_teacher_layers
@@ -496,13 +547,14 @@ def validate(cfg: RaykdConfig) -> None:
         )
     if not (d.synthetic or d.train_file or d.dataset_name):
         raise ConfigError(f"{_where(src, 'data')}: no training data (train_file/dataset_name)")
+    return cfg
 
 
 # The serving costs a Pareto search can minimise (raykd.latency.Measurement.metrics).
 COSTS = ("latency_ms", "params", "size_mb")
 
 
-def _check_objectives(cfg: RaykdConfig, task) -> None:
+def _check_objectives(cfg: RaykdConfig, task: TaskRules) -> None:
     s, where = cfg.search, _where(cfg.source, "search.objectives")
     if not s.objectives:
         if s.sampler != "tpe":
@@ -551,18 +603,20 @@ def check_search_plan(cfg: RaykdConfig) -> None:
 # Where a run's files go (pure paths; the same on every node)
 
 
+# These three read storage.ExperimentPaths, which is where the places are spelled; callers move to it.
+
+
 def storage_root(cfg: RaykdConfig) -> str:
-    path = cfg.search.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return storage.ExperimentPaths.of(cfg).root
 
 
 def run_name(cfg: RaykdConfig, mode: str | None = None) -> str:
     """The folder under storage_root of a search (``mode`` None) or of a single train/finetune run."""
-    return cfg.search.name if mode is None else f"{cfg.search.name}-{mode}"
+    return storage.ExperimentPaths.of(cfg, mode).name
 
 
 def experiment_path(cfg: RaykdConfig, mode: str | None = None) -> str:
-    return f"{storage_root(cfg).rstrip('/')}/{run_name(cfg, mode)}"
+    return storage.ExperimentPaths.of(cfg, mode).experiment
 
 
 # ---------------------------------------------------------------------------------------------
@@ -710,21 +764,56 @@ def _given(raw: dict[str, Any], prefix: str = "") -> list[str]:
 def _refuse_unused(cfg: RaykdConfig, raw: dict[str, Any]) -> None:
     """A setting the task never reads (a doc_stride for classification) would be a silent no-op:
     refused when the user wrote it. (Defaults are not the user's and pass.)"""
-    from raykd import tasks
-
-    task = tasks.get(cfg.task)
+    task = _task_of(cfg)
     for key in _given(raw):
         if key in task.unused_keys:
             raise ConfigError(f"{_where(cfg.source, key)}: has no effect for task {task.name} "
                               f"({task.unused_keys[key]}); remove it")
 
 
-def with_values(cfg: RaykdConfig, flat: dict[str, Any]) -> RaykdConfig:
-    """A copy of ``cfg`` with dotted keys replaced (a trial's sampled hyperparameters)."""
-    raw = cfg.to_dict()
+def replace(cfg: RaykdConfig, flat: typing.Mapping[str, Any]) -> RaykdConfig:
+    """A copy of ``cfg`` with dotted settings changed (``{"optim.learning_rate": 1e-4}``; old names
+    accepted). Each value is checked and coerced to its field's declared type, as when a file is
+    read: an int learning rate from Optuna becomes a float, a wrong type is the same one-line
+    error. A key naming a section (``models``) replaces the section whole, from a mapping. Not
+    validated across fields: :func:`validate` runs where a config enters (load, trial start)."""
+    out = cfg
     for key, value in flat.items():
-        set_dotted(raw, canonical(key), value)
-    return RaykdConfig.from_dict(raw, source=cfg.source)
+        out = _replaced(out, canonical(key).split("."), value, "", cfg.source)
+    return out
+
+
+def _replaced(node: Any, parts: list[str], value: Any, prefix: str, source: str | None) -> Any:
+    """``node`` (a config dataclass) with the setting at ``parts`` changed, one
+    ``dataclasses.replace`` per section on the way down."""
+    name, dotted = parts[0], prefix + parts[0]
+    hints = _hints(type(node))
+    if name not in hints or name == "source":
+        raise ConfigError(f"{_where(source, dotted)}: unknown key; {suggest(dotted)}")
+    tp = hints[name]
+    if len(parts) > 1 and dataclasses.is_dataclass(tp):
+        new = _replaced(getattr(node, name), parts[1:], value, dotted + ".", source)
+    elif len(parts) > 1:
+        # Inside a mapping setting (``space.<key>``, ``scaling.resources_per_worker.<name>``).
+        current = getattr(node, name)
+        if not isinstance(current, dict):
+            raise ConfigError(f"{_where(source, dotted)}: {'.'.join(parts[1:])} is not a section")
+        inner = dict(current)
+        set_dotted(inner, ".".join(parts[1:]), value)
+        new = inner if name == "space" else _check_type(inner, tp, dotted, source)
+    elif name == "space":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{_where(source, dotted)}: expected a mapping")
+        new = dict(value)
+    else:
+        new = _check_type(value, tp, dotted, source)
+    return dataclasses.replace(node, **{name: new})
+
+
+def with_values(cfg: RaykdConfig, flat: typing.Mapping[str, Any]) -> RaykdConfig:
+    """:func:`replace`, then :func:`validate`: a changed config that must be checked now (a space's
+    corner or point before Ray starts, a trial's config at its start)."""
+    return validate(replace(cfg, flat))
 
 
 def field_type(dotted: str) -> Any:
@@ -734,7 +823,7 @@ def field_type(dotted: str) -> Any:
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
             raise KeyError(dotted)
-        tp = typing.get_type_hints(cls)[part]
+        tp = _hints(cls)[part]
         if i < len(parts) - 1:
             cls = tp
         else:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd import config as config_mod
-from raykd import tasks
+from raykd import storage, tasks
 from raykd.errors import UserError
 from raykd.training import models
 
@@ -108,7 +108,7 @@ def resolve_data(cfg: config_mod.RaykdConfig, say: Callable[[str], None] = print
     where = f" (relative paths are read from {Path.cwd()})" if relative else ""
     say(f"[raykd] data: {', '.join(missing)} not found{where}; training and evaluating on raykd's generated "
         f"{cfg.task} data instead (data.synthetic_if_missing)")
-    return config_mod.with_values(cfg, {"data.synthetic": True, "data.train_file": None, "data.validation_file": None})
+    return config_mod.replace(cfg, {"data.synthetic": True, "data.train_file": None, "data.validation_file": None})
 
 
 def _dataset_cached(name: str) -> bool:
@@ -344,12 +344,13 @@ def _check_vocabularies(sources: list[tuple[str, str]], students: list[tuple[str
 def check_experiment(cfg: config_mod.RaykdConfig, mode: str | None, resume: bool, overwrite: bool) -> None:
     """A new experiment name, or --resume of an existing one, or --overwrite. (Local folders only:
     a cloud storage path is not listed here.)"""
-    path = config_mod.experiment_path(cfg, mode)
-    if "://" in path:
+    paths = storage.ExperimentPaths.of(cfg, mode)
+    if paths.remote:
         return
+    path = paths.experiment
     # A folder that holds only the console's logs/ (a command stopped while it prepared the study,
     # before Tune wrote anything) is no experiment: running again must not need --resume.
-    exists = Path(path).is_dir() and any(p.name != "logs" for p in Path(path).iterdir())
+    exists = Path(path).is_dir() and any(p.name != storage.LOGS for p in Path(path).iterdir())
     src = cfg.source or "config"
     if resume and overwrite:
         raise PreflightError("--resume and --overwrite: choose one")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raykd import config as config_mod
+from raykd import tasks  # also registers the tasks' checks that config validation runs
 from raykd.config import canonical
 from raykd.errors import UserError
 
@@ -255,8 +256,6 @@ def key_effect(key: str) -> str:
 def check_keys(params: list[Param], source: str | None, task: str | None = None) -> None:
     """Refuse keys that a trial cannot honour, naming the key and why: keys no trial may change,
     and (given the task's name) keys the task never reads, which would change nothing."""
-    from raykd import tasks
-
     unused = tasks.get(task).unused_keys if task else {}
     for p in params:
         name = canonical(p.key)

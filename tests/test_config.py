@@ -1,6 +1,11 @@
+import dataclasses
+import pickle
+
 import pytest
 
-from raykd.config import ConfigError, RaykdConfig, load_config, with_values
+import raykd.tasks  # noqa: F401  (registers the tasks' checks, as every entry point does)
+from raykd import config as config_mod
+from raykd.config import ConfigError, RaykdConfig, load_config, replace, with_values
 
 
 def _write(tmp_path, text):
@@ -112,3 +117,63 @@ def test_grace_period_past_known_rounds_is_refused():
     # Rounds that depend on the data size are checked once the features are counted.
     check_search_plan(RaykdConfig.from_dict({"optim": {"eval_every_steps": 5}, "search": {"grace_period": 30}}))
     check_search_plan(RaykdConfig.from_dict({"search": {"rounds": 3, "grace_period": 4, "scheduler": "fifo"}}))
+
+
+def test_replace_coerces_each_value_to_its_field_type_and_keeps_the_messages():
+    cfg = RaykdConfig(source="c.yaml")
+    out = replace(cfg, {"optim.learning_rate": 1, "distill.alpha_squad": 0.25, "data.train_file": "t.json",
+                        "models.teacher_finetune.num_epochs": 3, "scaling.resources_per_worker": {"node": 1}})
+    # An int from Optuna is the float the field declares, as when a file is read.
+    assert out.optim.learning_rate == 1.0 and isinstance(out.optim.learning_rate, float)
+    assert isinstance(out.models.teacher_finetune.num_epochs, float) and out.distill.alpha_hard == 0.25
+    assert out.data.train_file == "t.json" and out.scaling.resources_per_worker == {"node": 1.0}
+    assert out.source == "c.yaml" and cfg == RaykdConfig(source="c.yaml")  # the original is unchanged
+    assert cfg.replace(**{"optim.learning_rate": 1e-4}).optim.learning_rate == 1e-4
+    assert replace(cfg, {"models": {"student": "s"}}).models == config_mod.ModelsConfig(student="s")  # whole
+    for flat, message in [
+        ({"optim.lr": 1}, "c.yaml: optim.lr: unknown key; did you mean optim.learning_rate?"),
+        ({"optimizer.x": 1}, "c.yaml: optimizer: unknown key"),
+        ({"optim.batch_size": 1.5}, "c.yaml: optim.batch_size: expected an integer, got 1.5"),
+        ({"data.train_file": 3}, "c.yaml: data.train_file: expected a string, got 3"),
+        ({"distill.teacher_mode": "x"}, "c.yaml: distill.teacher_mode: must be one of ['cached', 'online']"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            replace(cfg, flat)
+        assert str(err.value).startswith(message)
+
+
+def test_replace_does_not_validate_with_values_does():
+    cfg = RaykdConfig()
+    zero = {"distill.alpha_ce": 0.0, "distill.alpha_hard": 0.0}
+    assert replace(cfg, zero).distill.alpha_ce == 0.0  # checked where a config enters, not here
+    with pytest.raises(ConfigError, match="distill: alpha_ce, alpha_hard and alpha_cos are all 0"):
+        with_values(cfg, zero)
+    with pytest.raises(ConfigError, match="data.doc_stride: must be in"):  # the task's own check
+        config_mod.validate(replace(cfg, {"data.doc_stride": 500}))
+
+
+def test_a_config_is_a_frozen_value_that_pickles():
+    cfg = load_config(None, ["optim.learning_rate=1e-4", "models.init_from_teacher_layers=[0, 2]"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.learning_rate = 1.0
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and again.optim.learning_rate == 1e-4
+
+
+def test_validation_reads_the_registered_tasks():
+    assert set(config_mod.task_names()) >= {"question_answering", "classification"}
+    with pytest.raises(ConfigError, match="unknown task 'clasification'; did you mean classification"):
+        RaykdConfig.from_dict({"task": "clasification"})
+
+
+def test_config_imports_no_task_and_refuses_to_validate_without_them():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, raykd.config as c\n"
+            "assert 'raykd.tasks' not in sys.modules, 'config imports the tasks'\n"
+            "try:\n    c.load_config(None)\nexcept RuntimeError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert "import raykd.tasks" in out.stdout

@@ -56,8 +56,7 @@ def test_finetune_needs_no_teacher_but_a_layer_source(tiny_models):
     })
     with pytest.raises(preflight.PreflightError, match="models.init_from"):
         preflight.check(cfg, "finetune", experiment=False)
-    cfg.models.init_from = str(tiny_models["bert"])
-    preflight.check(cfg, "finetune", experiment=False)
+    preflight.check(cfg.replace(**{"models.init_from": str(tiny_models["bert"])}), "finetune", experiment=False)
 
 
 @pytest.fixture(scope="module")

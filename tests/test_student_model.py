@@ -16,9 +16,8 @@ pytestmark = pytest.mark.integration
 def test_logged_requirements_are_raykds_and_loading_warns_nothing(tmp_path, tiny_models, caplog, capfd):
     import mlflow
 
-    cfg = RaykdConfig()
-    cfg.tracking.experiment_name = "student-model"
-    cfg.data.max_length, cfg.data.doc_stride = 128, 32  # the tiny model has 256 positions
+    cfg = RaykdConfig().replace(**{"tracking.experiment_name": "student-model",
+                                   "data.max_length": 128, "data.doc_stride": 32})  # the tiny model has 256 positions
     tracking.connect(cfg, f"sqlite:///{tmp_path / 'mlflow.db'}")
     capfd.readouterr()
     with caplog.at_level(logging.WARNING), mlflow.start_run():

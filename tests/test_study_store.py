@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raykd import storage, tasks
-from raykd.config import DataConfig
+from raykd.config import DataConfig, RaykdConfig, experiment_path, storage_root
 from raykd.study import store as study_store
 from raykd.study.cache import prepare_features, prepare_teacher_logits
 
@@ -32,13 +32,43 @@ def prepared(tmp_path, tiny_models):
 
 def test_place_cache_dir_local_storage_and_cloud(tmp_path, monkeypatch):
     monkeypatch.setenv(study_store.NODE_CACHE_ENV, str(tmp_path / "node"))
-    assert study_store.place(str(tmp_path / "mnt"), "s3://b/x") == study_store.Place(tmp_path / "mnt")
-    assert study_store.place(None, str(tmp_path / "res")) == study_store.Place(tmp_path / "res" / "cache")
-    cloud = study_store.place(None, "s3://b/x")  # no ValueError any more: nothing shared is needed
+    at = storage.ExperimentPaths.at
+    assert study_store.place(at("s3://b/x", "s", str(tmp_path / "mnt"))) == study_store.Place(tmp_path / "mnt")
+    assert study_store.place(at(str(tmp_path / "res"), "s")) == study_store.Place(tmp_path / "res" / "cache")
+    cloud = study_store.place(at("s3://b/x", "s"))  # no ValueError any more: nothing shared is needed
     assert cloud == study_store.Place(tmp_path / "node", "s3://b/x/cache")
     assert cloud.shared(str(tmp_path / "node" / "prepared" / "abc")) == "s3://b/x/cache/prepared/abc"
     assert cloud.shared("bert-base-uncased") == "bert-base-uncased"
     assert cloud.shared("/elsewhere/model") == "/elsewhere/model"
+
+
+def test_experiment_paths_of_a_local_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = RaykdConfig().replace(**{"search.storage_path": "res", "search.name": "exp"})
+    p = storage.ExperimentPaths.of(cfg)
+    root = str(tmp_path / "res")  # resolved, so that every process (and Ray's workers) agrees
+    assert (p.root, p.name, p.remote) == (root, "exp", False)
+    assert p.experiment == f"{root}/exp" == experiment_path(cfg) and storage_root(cfg) == root
+    assert (p.runs, p.summary) == (f"{root}/exp/train_runs", f"{root}/exp/summary.json")
+    assert p.optuna_db == f"{root}/exp/optuna.db" and p.logs == tmp_path / "res" / "exp" / "logs"
+    assert p.cache == f"{root}/cache"
+    single = storage.ExperimentPaths.of(cfg, "finetune")
+    assert single.experiment == f"{root}/exp-finetune" == experiment_path(cfg, "finetune")
+    assert single.cache == p.cache  # one cache per storage root, shared by searches and runs
+    mounted = storage.ExperimentPaths.of(cfg.replace(**{"data.cache_dir": "~/mnt"}))
+    assert mounted.cache == str(Path("~/mnt").expanduser().resolve())
+    assert not (tmp_path / "res").exists()  # pure paths: nothing is created
+
+
+def test_experiment_paths_of_a_cloud_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = storage.ExperimentPaths.of(RaykdConfig().replace(**{"search.storage_path": "s3://b/x/", "search.name": "e"}))
+    assert p.remote and p.root == "s3://b/x/" and p.experiment == "s3://b/x/e"
+    assert (p.runs, p.summary, p.cache) == ("s3://b/x/e/train_runs", "s3://b/x/e/summary.json", "s3://b/x/cache")
+    # Optuna keeps its study in memory and the console logs here: nothing local to write beside it.
+    assert p.optuna_db is None and p.logs == tmp_path / "raykd_logs" / "e" / "logs"
+    with pytest.raises(AttributeError):
+        p.name = "other"  # frozen: a value, like the config it comes from
 
 
 def test_publish_once_then_fetch_once_per_node(tmp_path, prepared, monkeypatch):

@@ -7,6 +7,7 @@ has one (the cache's remote task); nothing else here touches Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import ray
 
 from raykd import objective, storage, tasks
-from raykd.config import DISTILL, FINETUNE, RaykdConfig, flat_settings, storage_root
+from raykd.config import DISTILL, FINETUNE, RaykdConfig, flat_settings, replace, validate
 from raykd.study import cache as teacher_cache
 from raykd.study import store as study_store
 from raykd.study.runspec import Study, as_finetune
@@ -25,7 +26,7 @@ from raykd.training.checkpoints import STATE_FILE
 
 def study_place(cfg: RaykdConfig) -> study_store.Place:
     """Where this config's studies are built and, with a cloud storage_path, published."""
-    return study_store.place(cfg.data.cache_dir, storage_root(cfg))
+    return study_store.place(storage.ExperimentPaths.of(cfg))
 
 
 def cache_root(cfg: RaykdConfig) -> Path:
@@ -38,15 +39,12 @@ def teacher_finetune_config(cfg: RaykdConfig) -> RaykdConfig:
     given: ``cfg``'s settings, the whole base model, and teacher_finetune's epochs, learning rate
     and batch size, evaluated once per epoch."""
     ft = cfg.models.teacher_finetune
-    return RaykdConfig.from_dict(
-        {
-            **cfg.to_dict(),
-            "models": {"teacher": None, "student": ft.base},
-            "optim": {**cfg.optim.__dict__, "learning_rate": ft.learning_rate,
-                      "num_epochs": ft.num_epochs, "batch_size": ft.batch_size, "eval_every_steps": None},
-            "scaling": {**cfg.scaling.__dict__, "resources_per_worker": dict(cfg.scaling.resources_per_worker)},
-        }
-    )
+    # The models section is replaced whole (the student's layer copy is not the teacher's); the
+    # run is a config of its own, without the file's name.
+    made = replace(cfg, {"models": {"teacher": None, "student": ft.base}, "optim.learning_rate": ft.learning_rate,
+                         "optim.num_epochs": ft.num_epochs, "optim.batch_size": ft.batch_size,
+                         "optim.eval_every_steps": None})
+    return validate(dataclasses.replace(made, source=None))
 
 
 # Settings of the teacher's fine-tuning run left out of its cache key because they cannot change

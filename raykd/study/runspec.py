@@ -1,5 +1,6 @@
 """What the driver hands to the workers of one run: the prepared :class:`Study` and the typed
-:class:`RunSpec` (the run's config, its study, when it evaluates). Plain data, no Ray.
+:class:`RunSpec` (the run's config, its study, when it evaluates). Plain frozen data, no Ray: they
+cross to Ray's workers as the objects they are (pickled), never as dicts to rebuild.
 
 Fine-tuning is not a separate code path: :func:`RunSpec.of` turns a fine-tuning run into a
 distillation config with ``alpha_ce = 0``, ``alpha_hard = 1`` and no cosine term, so the loop and the
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raykd.config import FINETUNE, RaykdConfig, with_values
+from raykd.config import FINETUNE, RaykdConfig, replace
 from raykd.study import store as study_store
 
 
-@dataclass
+@dataclass(frozen=True)
 class Study:
     """What every run of a study shares: computed once, handed to all trials. ``prepared``,
     ``teacher`` and ``tokenizer`` are what any node can open: a local path, a model name, or a
@@ -34,11 +35,11 @@ class Study:
 
 
 def as_finetune(cfg: RaykdConfig) -> RaykdConfig:
-    """Fine-tuning as a distillation config: the hard loss only."""
-    return with_values(cfg, {"distill.alpha_ce": 0.0, "distill.alpha_hard": 1.0, "distill.alpha_cos": 0.0})
+    """Fine-tuning as a distillation config: the hard loss only (valid whenever ``cfg`` is)."""
+    return replace(cfg, {"distill.alpha_ce": 0.0, "distill.alpha_hard": 1.0, "distill.alpha_cos": 0.0})
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
     """One run, as its workers receive it. ``eval_rounds``: evaluate at that many equal fractions
     of the run's training (a search's trials) instead of every ``optim.eval_every_steps``."""

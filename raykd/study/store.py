@@ -62,12 +62,12 @@ class Place:
         return storage.join(self.remote, rel.as_posix())
 
 
-def place(cache_dir: str | None, storage_path: str) -> Place:
-    if cache_dir:
-        return Place(Path(cache_dir).expanduser().resolve())
-    if not storage.is_remote(storage_path):
-        return Place(Path(storage_path).expanduser().resolve() / "cache")
-    return Place(node_root(), storage.join(storage_path, "cache"))
+def place(paths: storage.ExperimentPaths) -> Place:
+    """The experiment's cache (data.cache_dir, else <storage_path>/cache): used where it is when it
+    is a folder here, else built in the node-local cache and published to it."""
+    if paths.cache_dir or not paths.remote:
+        return Place(Path(paths.cache))
+    return Place(node_root(), paths.cache)
 
 
 # ---------------------------------------------------------------------------------------------

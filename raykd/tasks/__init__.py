@@ -15,11 +15,14 @@ study, tracking or serving. Heavy libraries (torch, datasets, pyarrow) load insi
 
 from __future__ import annotations
 
+from raykd import config
 from raykd.tasks.base import Built, Column, DataError, Score, Task
 from raykd.tasks.classification.task import Classification
 from raykd.tasks.qa.task import QuestionAnswering
 
 _TASKS: dict[str, Task] = {t.name: t for t in (QuestionAnswering(), Classification())}
+for _task in _TASKS.values():
+    config.register_task(_task)  # config validation reads each task's checks from its registry
 
 
 def names() -> list[str]:

@@ -17,8 +17,8 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from raykd import objective
-from raykd.config import DISTILL, FINETUNE, RaykdConfig, run_name, storage_root
+from raykd import objective, storage
+from raykd.config import DISTILL, FINETUNE, RaykdConfig
 from raykd.errors import UserError
 from raykd.objective import MODE
 from raykd.study.runspec import RunSpec, Study
@@ -62,7 +62,7 @@ def build_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_path or storage_root(cfg),
+            storage_path=storage_path or storage.ExperimentPaths.of(cfg).root,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.search.keep_checkpoints,
                 checkpoint_score_attribute=keep_by,
@@ -360,7 +360,7 @@ def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | Non
         from raykd.study.prepare import prepare_study
 
         study, _ = prepare_study(cfg, mode)
-    trainer = build_trainer(RunSpec.of(cfg, mode, study), name or run_name(cfg, mode))
+    trainer = build_trainer(RunSpec.of(cfg, mode, study), name or storage.ExperimentPaths.of(cfg, mode).name)
     return trainer.fit()
 
 
