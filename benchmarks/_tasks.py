@@ -3,10 +3,8 @@ settings, which metrics the runs report, how ``cli.py evaluate`` scores a model,
 is encoded to time a forward pass. The scripts never ask which task they run beyond this table.
 
 The real data is the repository's own sample (``data/squad_real``, ``data/sst2_real``; each folder's
-README says where it comes from). ``classification`` (SST-2, JSON lines with ``sentence``/``label``,
-metric ``eval_accuracy``) is listed for the day ``cli.py evaluate`` scores classification: until
-then quality.py refuses ``--task classification`` before anything trains, and the entries marked
-"not run yet" have not been exercised.
+README says where it comes from). ``classification`` is SST-2: JSON lines with ``sentence``/``label``,
+metric ``eval_accuracy``, no sliding windows (``doc_stride`` None: the config refuses one).
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ class Task:
     metric: str
     metrics: tuple[tuple[str, str], ...]
     max_length: int
-    doc_stride: int
+    doc_stride: int | None  # None: the task has no sliding windows
     # The model class that times a forward pass (transformers Auto class name).
     auto_class: str
     examples: Callable[[Path], list[dict[str, Any]]]
@@ -118,15 +116,14 @@ TASKS: dict[str, Task] = {
         validation_file=DATA / "sst2_real" / "validation.jsonl",
         metric="eval_accuracy",
         metrics=(("eval_accuracy", "accuracy"),),
-        # SST-2 sentences are short; doc_stride only has to pass today's check (< max_length).
-        max_length=64,
-        doc_stride=32,
+        max_length=64,  # SST-2 sentences are short
+        doc_stride=None,
         auto_class="AutoModelForSequenceClassification",
         examples=_jsonl_examples,
         subset=_jsonl_subset,
         encode=_encode_sentence,
-        evaluate_args=lambda ml, ds: ["--task", "classification", "--max-length", str(ml)],  # not run yet
-        evaluate_keys={"eval_accuracy": "accuracy"},  # not run yet
+        evaluate_args=lambda ml, ds: ["--task", "classification", "--max-length", str(ml)],
+        evaluate_keys={"eval_accuracy": "accuracy"},
         hub={"dataset_name": "glue", "dataset_config": "sst2", "train_file": None, "validation_file": None},
         # 8,000 sentences x 64 tokens is ~2x a SQuAD epoch at 256: half of them keeps ~60 min.
         defaults={"max_train_samples": 4000},
