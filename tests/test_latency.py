@@ -9,8 +9,9 @@ import pytest
 from transformers import AutoConfig, BertConfig, DistilBertConfig
 
 from raykd.config import LatencyConfig
-from raykd.serving import latency
-from raykd.serving.latency import ArchKey, LatencyCache, LatencyError, Measurement
+from raykd.serving import architectures, latency
+from raykd.serving.latency import LatencyCache, Measurement
+from raykd.serving.latency_key import ArchKey, LatencyError, arch_key
 
 QA = "BertForQuestionAnswering"
 
@@ -22,7 +23,7 @@ def bert(**kw):
 
 
 def key(config=None, max_length=128, lc=None, **kw):
-    return latency.arch_key(config or bert(), max_length, lc or LatencyConfig(), task=QA, **kw)
+    return arch_key(config or bert(), max_length, lc or LatencyConfig(), task=QA, **kw)
 
 
 def test_key_reads_the_architecture_not_the_weights_or_training_settings(tmp_path):
@@ -55,15 +56,15 @@ def test_key_changes_with_what_the_latency_depends_on(change):
 
 
 def test_other_families_and_refusals():
-    d = latency.arch_key(DistilBertConfig(dim=64, n_layers=3, n_heads=2, hidden_dim=128), 64,
+    d = arch_key(DistilBertConfig(dim=64, n_layers=3, n_heads=2, hidden_dim=128), 64,
                          task="DistilBertForQuestionAnswering")
     assert (d.model_type, d.layers, d.hidden, d.heads, d.intermediate) == ("distilbert", 3, 64, 2, 128)
     with pytest.raises(LatencyError, match="heads"):
-        latency.arch_key({"model_type": "mystery", "num_hidden_layers": 2, "hidden_size": 8, "intermediate_size": 8,
+        arch_key({"model_type": "mystery", "num_hidden_layers": 2, "hidden_size": 8, "intermediate_size": 8,
                           "vocab_size": 10}, 64, task=QA)
     with pytest.raises(LatencyError, match="no model class"):
-        latency.arch_key(bert(), 64)  # a config without architectures, and no task given
-    assert latency.arch_key(bert(architectures=[QA]), 64).head == QA
+        arch_key(bert(), 64)  # a config without architectures, and no task given
+    assert arch_key(bert(architectures=[QA]), 64).head == QA
     with pytest.raises(LatencyError, match="precision"):
         key(precision="fp16")
 
@@ -174,3 +175,11 @@ def test_measure_architecture_for_real_then_from_the_cache(tmp_path, tiny_models
     assert first.onnx_bytes > first.params * 4 * 0.9  # fp32 weights inline
     k2, again, fresh2 = latency.measure_architecture(config, QA, 32, lc, cache)
     assert (k2, again, fresh2) == (k, first, False)
+
+
+def test_the_served_class_is_the_one_the_auto_class_builds():
+    # Built on the meta device through the auto class's public from_config: no weights allocated.
+    assert architectures.concrete_class("AutoModelForQuestionAnswering", bert()) == QA
+    distil = DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    assert architectures.concrete_class("AutoModelForSequenceClassification", distil) == \
+        "DistilBertForSequenceClassification"

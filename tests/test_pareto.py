@@ -1,4 +1,3 @@
-import math
 import random
 
 import pytest
@@ -60,9 +59,9 @@ def test_ties_all_stay_on_the_front():
     assert ids(pareto.front(rows, F1_LAT)) == ["d"]
     rows = [row("a", 70.0, 20.0), row("b", 70.0, 20.0), row("c", 70.0, 25.0)]
     assert ids(pareto.front(rows, F1_LAT)) == ["a", "b"]
-    # Equal on one objective only: the other one decides.
-    assert not pareto.dominates(rows[0], rows[1], F1_LAT)
-    assert pareto.dominates(rows[0], rows[2], F1_LAT)
+    # Equal records do not dominate each other; equal on one objective only, the other one decides.
+    assert pareto.dominators(rows[0], [rows[1]], F1_LAT) == []
+    assert ids(pareto.dominators(rows[2], [rows[0]], F1_LAT)) == ["a"]
 
 
 def test_single_and_three_objectives():
@@ -79,12 +78,6 @@ def test_missing_or_nan_is_refused_with_the_trial_named(bad):
         del rows[1]["eval_f1"]
     with pytest.raises(ParetoError, match="trial_id t7: objective 'eval_f1'"):
         pareto.front(rows, F1_LAT)
-
-
-def test_split_scored_sets_failed_trials_aside():
-    rows = [row("ok", 80.0, 10.0), row("failed", None, 10.0), row("nan", 70.0, math.nan)]
-    scored, left = pareto.split_scored(rows, F1_LAT)
-    assert ids(scored) == ["ok"] and ids(left) == ["failed", "nan"]
 
 
 def test_best_under_budget():

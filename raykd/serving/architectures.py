@@ -173,11 +173,13 @@ def measure(cfg: RaykdConfig, architectures: list[dict[str, Any]], teacher: str,
 
 
 def concrete_class(auto_class: str, config: Any) -> str:
-    """The transformers class an auto class builds for ``config`` (``BertForQuestionAnswering``)."""
+    """The transformers class an auto class builds for ``config`` (``BertForQuestionAnswering``):
+    the auto class's own public choice, built on the meta device (no weights allocated)."""
+    import torch
     import transformers
 
-    auto = getattr(transformers, auto_class)
-    return auto._model_mapping[type(config)].__name__
+    with torch.device("meta"):
+        return type(getattr(transformers, auto_class).from_config(config)).__name__
 
 
 def describe(values: Mapping[str, Any]) -> str:

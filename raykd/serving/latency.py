@@ -1,9 +1,7 @@
 """What a student architecture costs to serve, measured once per architecture and kept on disk.
 
-Latency depends on the architecture (model type, depth, widths, vocabulary, head), on the input
-shape (batch, ``max_length``), on the precision and on where it runs (device, hardware, threads,
-runtime version), not on the trained weights. So the cache key is exactly those
-(:class:`ArchKey`), and a measurement is made on a freshly initialised model built from the
+Latency depends on the architecture, the input shape, the precision and where it runs, not on the
+trained weights. So the cache key is exactly those (:class:`~raykd.serving.latency_key.ArchKey`), and a measurement is made on a freshly initialised model built from the
 student's config: every trial of one architecture, trained or not yet, shares one number, and the
 search can measure all of its architectures on the driver before any trial starts.
 
@@ -14,122 +12,20 @@ makes concurrent callers measure once. No Ray, no MLflow.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.metadata
 import json
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from raykd.config import LatencyConfig, check_latency
-from raykd.errors import UserError
+from raykd.serving.latency_key import FIELDS, ArchKey, LatencyError, arch_key, get_field
 
 log = logging.getLogger(__name__)
-
-# The same quantity under each model family's config name (BERT/MiniLM, DistilBERT, BART-like).
-_FIELDS = {
-    "layers": ("num_hidden_layers", "n_layers", "num_layers"),
-    "hidden": ("hidden_size", "dim", "d_model"),
-    "heads": ("num_attention_heads", "n_heads"),
-    "intermediate": ("intermediate_size", "hidden_dim", "ffn_dim"),
-    "vocab": ("vocab_size",),
-}
-# Sizes that change the parameter count and the file size more than the latency; part of the key
-# all the same, so that two architectures that differ only there do not share one measurement.
-_SIZES = {
-    "positions": ("max_position_embeddings",),
-    "type_vocab": ("type_vocab_size",),
-    "embedding": ("embedding_size",),
-    "labels": ("num_labels",),
-}
-PRECISIONS = ("fp32", "int8")
-CACHE_VERSION = 2  # bump when what a measurement means changes: old files are then not reused
-
-
-class LatencyError(UserError):
-    """A config that cannot be keyed or measured as asked."""
-
-
-def _get(config: Any, names: Sequence[str]) -> Any:
-    for name in names:
-        value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def _runtime() -> str:
-    try:
-        return f"onnxruntime {importlib.metadata.version('onnxruntime')}"
-    except importlib.metadata.PackageNotFoundError:
-        return "onnxruntime (not installed)"
-
-
-@dataclass(frozen=True)
-class ArchKey:
-    """Everything a latency depends on, and nothing it does not (no weights, no hyperparameters)."""
-
-    model_type: str
-    head: str  # the model class, e.g. BertForQuestionAnswering: the task head's size is part of it
-    layers: int
-    hidden: int
-    heads: int
-    intermediate: int
-    vocab: int
-    max_length: int
-    batch_size: int
-    precision: str
-    device: str
-    target: str  # the hardware, e.g. "cpu:Intel(R) Xeon(R) ...": numbers from two machines do not mix
-    threads: int | None
-    runtime: str
-    sizes: str = "{}"  # _SIZES' values as JSON (absent ones left out)
-    version: int = CACHE_VERSION
-
-    @property
-    def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @property
-    def label(self) -> str:
-        """Short and readable: ``bert L3 H384 A12 I1536 @384 fp32 cpu``."""
-        return (f"{self.model_type} L{self.layers} H{self.hidden} A{self.heads} I{self.intermediate} "
-                f"@{self.max_length} {self.precision} {self.device}")
-
-
-def arch_key(config: Any, max_length: int, lc: LatencyConfig | None = None, task: str | None = None,
-             precision: str = "fp32") -> ArchKey:
-    """The key of a student's architecture from its config (a transformers config or the dict of
-    its config.json). ``task``: the model class that will be served (default: the config's first
-    ``architectures`` entry)."""
-    from raykd.serving.onnx_export import hardware
-
-    lc = lc or LatencyConfig()
-    if precision not in PRECISIONS:
-        raise LatencyError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    values = {k: _get(config, names) for k, names in _FIELDS.items()}
-    model_type = _get(config, ("model_type",))
-    missing = [k for k, v in values.items() if not isinstance(v, int)] + ([] if model_type else ["model_type"])
-    if missing:
-        raise LatencyError(f"cannot key the architecture of this {model_type or 'model'} config: no "
-                           + ", ".join(f"{k} ({'/'.join(_FIELDS.get(k, (k,)))})" for k in missing))
-    head = task or (_get(config, ("architectures",)) or [None])[0]
-    if not head:
-        raise LatencyError(f"{model_type} config: no model class (architectures) to serve; pass task=")
-    sizes = {k: _get(config, names) for k, names in _SIZES.items()}
-    if sizes["labels"] is None and isinstance(config, Mapping):
-        # A config.json keeps labels as id2label, and leaves out the default (2) entirely.
-        sizes["labels"] = len(config["id2label"]) if config.get("id2label") else 2
-    return ArchKey(model_type=str(model_type), head=str(head), max_length=int(max_length),
-                   batch_size=lc.batch_size, precision=precision, device=lc.device, target=hardware(lc.device),
-                   threads=lc.threads, runtime=_runtime(),
-                   sizes=json.dumps({k: v for k, v in sizes.items() if v is not None}, sort_keys=True), **values)
 
 
 @dataclass
@@ -227,7 +123,7 @@ def student_config(student: str, init_layers: Sequence[int] | None = None, init_
         raise LatencyError("init_from_teacher_layers needs the model the layers come from")
     config = AutoConfig.from_pretrained(models.resolve(source))
     if init_layers:
-        key = next((k for k in _FIELDS["layers"] if hasattr(config, k)), None)
+        key = next((k for k in FIELDS["layers"] if hasattr(config, k)), None)
         if key is None:
             raise LatencyError(f"cannot set the layer count of a {config.model_type} model")
         if not all(0 <= i < getattr(config, key) for i in init_layers):
@@ -254,7 +150,7 @@ def measure_config(config: Any, head: str, max_length: int, lc: LatencyConfig, p
     torch.manual_seed(seed)
     model = cls._from_config(config).eval()
     names = models.accepted_inputs(model)
-    vocab = int(_get(config, _FIELDS["vocab"]))
+    vocab = int(get_field(config, FIELDS["vocab"]))
 
     def batch(rows: int) -> dict[str, torch.Tensor]:
         # Token ids do not change an encoder's latency; the shape does (raykd's features are padded

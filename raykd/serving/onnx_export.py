@@ -16,7 +16,6 @@ import contextlib
 import importlib.util
 import json
 import logging
-import platform
 import statistics
 import tempfile
 import time
@@ -25,8 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raykd.config import LatencyConfig, check_latency
+from raykd.config import LatencyConfig, RaykdConfig, check_latency
 from raykd.errors import UserError
+from raykd.serving.latency_key import arch_key, hardware
 
 if TYPE_CHECKING:
     import numpy as np
@@ -216,26 +216,6 @@ def param_count(model) -> int:
 # ONNX Runtime: sessions, parity, latency
 
 
-def hardware(device: str) -> str:
-    """The hardware a latency was measured on (latencies from different machines do not mix)."""
-    if device == "cuda":
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                return f"cuda:{torch.cuda.get_device_name(0)}"
-        except ImportError:
-            pass
-        return "cuda"
-    name = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"cpu:{name or platform.processor() or platform.machine()}"
-
-
 def check_device(device: str) -> str:
     """The ONNX Runtime provider for ``device``; refuses one this runtime does not have (before
     anything is exported, and again before anything is measured) rather than measuring elsewhere."""
@@ -383,7 +363,6 @@ def export_student(model: str, out_dir: str | Path, max_length: int = 384, quant
     padded to ``max_length``, and batch 1 at its natural length: the dynamic axes) and the
     latency at ``lc.batch_size`` × ``max_length``. The fp32 parity's ``ok`` says whether it is
     within FP32_TOLERANCE; the int8 model's distance is reported, not judged."""
-    from raykd.serving import latency as latency_mod
     from raykd.training import models
 
     lc = lc or LatencyConfig()
@@ -412,7 +391,7 @@ def export_student(model: str, out_dir: str | Path, max_length: int = 384, quant
         model=str(model), out_dir=str(out), inputs=fp32.inputs, outputs=fp32.outputs, max_length=max_length,
         params=param_count(net), onnx_file=ONNX_FILE, onnx_bytes=file_bytes(fp32.path),
         parity=parity(net, sess, [example, natural], FP32_TOLERANCE), latency=latency(sess, timed, lc),
-        architecture=asdict(latency_mod.arch_key(net.config, max_length, lc, task=type(net).__name__)),
+        architecture=asdict(arch_key(net.config, max_length, lc, task=type(net).__name__)),
     )
     del sess
     if quantize == "int8":
@@ -427,6 +406,16 @@ def export_student(model: str, out_dir: str | Path, max_length: int = 384, quant
     net.config.save_pretrained(str(out))
     (out / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
     return report
+
+
+def export_for_registry(checkpoint_dir: str, out_dir: str, cfg: RaykdConfig) -> dict[str, Any]:
+    """A trained student (a checkpoint folder) exported to ``out_dir`` at the config's
+    ``data.max_length`` and ``latency`` settings, and what the registry logs beside it: its
+    ONNX Runtime latency (ms), its distance from PyTorch and whether that is within tolerance
+    (:data:`raykd.tracking.registry.ExportOnnx`)."""
+    report = export_student(checkpoint_dir, out_dir, max_length=cfg.data.max_length, lc=cfg.latency)
+    return {"onnx_latency_ms": report.latency.median_ms, "onnx_max_abs_diff": report.parity.max_abs_diff,
+            "onnx_parity_ok": bool(report.parity.ok)}
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:

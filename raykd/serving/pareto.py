@@ -6,8 +6,7 @@ A record ``a`` dominates ``b`` when ``a`` is at least as good on every objective
 better on at least one. Ties: records with equal values on every objective do not dominate each
 other, so all of them stay on the front (two trials of one architecture that score the same are
 both reported; neither is hidden behind the other). A missing, non-numeric or NaN value is refused
-with the record and key named, never read as "worst": the caller decides what a failed trial is
-(:func:`split_scored` separates them explicitly).
+with the record and key named, never read as "worst": the caller decides what a failed trial is.
 """
 
 from __future__ import annotations
@@ -17,17 +16,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from raykd.tasks.qa.metrics import METRIC, MODE
+from raykd import tasks
+from raykd.config import COSTS
+from raykd.objective import MODE
 
 Direction = Literal["max", "min"]
 
-# The objectives raykd knows and which way each is better; anything else needs its direction given.
+# The objectives raykd knows and which way each is better: every task's scores (better in MODE's
+# direction) and the serving costs (better lower); anything else needs its direction given.
 DIRECTIONS: dict[str, Direction] = {
-    METRIC: MODE,
-    "eval_exact_match": "max",
-    "latency_ms": "min",
-    "params": "min",
-    "size_mb": "min",
+    **{key: MODE for name in tasks.names() for key in tasks.get(name).score_keys()},
+    **dict.fromkeys(COSTS, "min"),
 }
 
 
@@ -96,11 +95,6 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
-def dominates(a: Mapping[str, Any], b: Mapping[str, Any], objs: Sequence[Objective]) -> bool:
-    """Whether ``a`` is at least as good as ``b`` on every objective and better on one."""
-    return _dominates(vector(a, objs, 0), vector(b, objs, 1))
-
-
 def front_indices(records: Sequence[Mapping[str, Any]], objs: Sequence[Objective],
                   id_key: str = "trial_id") -> list[int]:
     """Indices of the non-dominated records, best first by the first objective (then the next
@@ -121,21 +115,6 @@ def dominators(record: Mapping[str, Any], others: Iterable[Mapping[str, Any]],
     """The records among ``others`` that dominate ``record`` (empty: it is on their front)."""
     v = vector(record, objs)
     return [o for i, o in enumerate(others) if _dominates(vector(o, objs, i + 1), v)]
-
-
-def split_scored(records: Iterable[Mapping[str, Any]], objs: Sequence[Objective],
-                 id_key: str = "trial_id") -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """(records with a finite number for every objective, the others): failed or unscored
-    trials are set aside by the caller's choice, not by a guess inside the front."""
-    scored, left = [], []
-    for i, r in enumerate(records):
-        try:
-            vector(r, objs, i, id_key)
-        except ParetoError:
-            left.append(r)
-        else:
-            scored.append(r)
-    return scored, left
 
 
 def best_under_budget(records: Sequence[Mapping[str, Any]], objective: Objective, budget_key: str,
