@@ -14,7 +14,7 @@ from typing import Any
 
 from raykd import objective, preflight, spaces
 from raykd.config import DISTILL, RaykdConfig, experiment_path, storage_root, with_values
-from raykd.serving import architectures
+from raykd.serving import architectures, onnx_export
 
 # The order of every command: config and space checks (on load), preflight (files, models,
 # experiment folder, the tracking store's reachability), then Ray, then the cluster's resources,
@@ -35,7 +35,7 @@ def _tracking(cfg: RaykdConfig, tracking_uri: str | None, enabled: bool):
     """The tracking module once its store is known to answer (nothing written yet), or None."""
     if not (enabled and cfg.tracking.enabled):
         return None
-    from raykd.tracking import runs as tracking
+    from raykd import tracking
 
     tracking.check(cfg, tracking_uri)
     return tracking

@@ -239,7 +239,7 @@ def test_a_search_with_no_student_within_its_budget_takes_the_alias_away(tmp_pat
     import mlflow
     from mlflow import MlflowClient
 
-    from raykd.tracking import runs as tracking
+    from raykd.tracking import registry, runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # MLflow keeps the tracking URI in the environment too: both are restored after the test.
@@ -252,18 +252,18 @@ def test_a_search_with_no_student_within_its_budget_takes_the_alias_away(tmp_pat
         client.create_registered_model("student")
         (tmp_path / "model").mkdir()
         version = client.create_model_version("student", source=str(tmp_path / "model")).version
-        client.set_registered_model_alias("student", tracking.BUDGET_ALIAS, version)
+        client.set_registered_model_alias("student", registry.BUDGET_ALIAS, version)
         run = client.create_run(client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri()))
         cfg = RaykdConfig.from_dict({"tracking": {"registered_model_name": "student"}})
         summary = {"metric": "eval_f1", "scores": ["eval_f1"], "trials": [], "best": None, "max_latency_ms": 1.0,
                    "front": [], "objectives": [["eval_f1", "max"], ["latency_ms", "min"]]}
-        out = tracking.finish_study(run.info.run_id, summary, cfg, None, [])
-        assert out["alias_removed"] == tracking.BUDGET_ALIAS
+        out = runs.finish_study(run.info.run_id, summary, cfg, None, [])
+        assert out["alias_removed"] == registry.BUDGET_ALIAS
         with pytest.raises(mlflow.exceptions.MlflowException):
-            client.get_model_version_by_alias("student", tracking.BUDGET_ALIAS)
-        assert tracking.finish_study(run.info.run_id, summary, cfg, None, [])["alias_removed"] is None  # none left
+            client.get_model_version_by_alias("student", registry.BUDGET_ALIAS)
+        assert runs.finish_study(run.info.run_id, summary, cfg, None, [])["alias_removed"] is None  # none left
         # Parameters are tagged as an exact count.
-        assert tracking._cost_tags({"params": 22_713_090.0, "latency_ms": 8.31234}) == {
+        assert registry.cost_tags({"params": 22_713_090.0, "latency_ms": 8.31234}) == {
             "params": "22713090", "latency_ms": "8.312"}
     finally:
         mlflow.set_tracking_uri(before)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from packaging.requirements import Requirement
 
+from raykd import tracking
 from raykd.config import RaykdConfig
-from raykd.tracking import runs as tracking
 
 pytestmark = pytest.mark.integration
 
