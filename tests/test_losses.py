@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raykd.training import losses
+from raykd.modeling import losses
 
 
 def _mask(b=3, length=8, masked=(1, 2)):

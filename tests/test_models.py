@@ -2,8 +2,8 @@ import helpers
 import pytest
 import torch
 
+from raykd.modeling import models
 from raykd.tasks.qa.task import HEAD as QA_HEAD
-from raykd.training import models
 
 
 def test_layer_copy_init_equals_teacher_weights(tiny_models):

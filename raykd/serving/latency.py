@@ -116,7 +116,7 @@ def student_config(student: str, init_layers: Sequence[int] | None = None, init_
     ``student`` checkpoint's own config."""
     from transformers import AutoConfig
 
-    from raykd.training import models
+    from raykd.modeling import models
 
     source = init_source if init_layers else student
     if init_layers and not init_source:
@@ -140,8 +140,8 @@ def measure_config(config: Any, head: str, max_length: int, lc: LatencyConfig, p
     import torch
     import transformers
 
+    from raykd.modeling import models
     from raykd.serving import onnx_export
-    from raykd.training import models
 
     check_latency(lc)
     cls = getattr(transformers, head, None)

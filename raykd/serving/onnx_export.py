@@ -75,7 +75,7 @@ def load_model(path: str):
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    from raykd.training import models
+    from raykd.modeling import models
 
     path = models.resolve(path)
     config = AutoConfig.from_pretrained(path)
@@ -363,7 +363,7 @@ def export_student(model: str, out_dir: str | Path, max_length: int = 384, quant
     padded to ``max_length``, and batch 1 at its natural length: the dynamic axes) and the
     latency at ``lc.batch_size`` × ``max_length``. The fp32 parity's ``ok`` says whether it is
     within FP32_TOLERANCE; the int8 model's distance is reported, not judged."""
-    from raykd.training import models
+    from raykd.modeling import models
 
     lc = lc or LatencyConfig()
     check_latency(lc, "latency")

@@ -41,8 +41,8 @@ from datasets import Dataset, load_from_disk
 
 from raykd import storage, tasks
 from raykd.config import DataConfig
+from raykd.modeling import models
 from raykd.tasks import Task
-from raykd.training import models
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import ray
 
 from raykd import objective, storage, tasks
 from raykd.config import DISTILL, FINETUNE, RaykdConfig, flat_settings, replace, validate
+from raykd.modeling import models
 from raykd.study import cache as teacher_cache
 from raykd.study import store as study_store
 from raykd.study.runspec import Study, as_finetune
-from raykd.training import models
 from raykd.training.checkpoints import STATE_FILE
 
 

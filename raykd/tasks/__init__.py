@@ -6,9 +6,9 @@ Owns: the Task seam (``base.py``), the one batched forward pass from features to
 and one folder per task (``qa/``, ``classification/``), which never import each other.
 
 Where it sits: above raykd.config, errors, console and storage and the model plumbing of
-raykd.training (``models``: heads, loading, a forward call; ``losses``: the hard loss), which
-import nothing of raykd but raykd.errors; below everything that asks a task (the study cache, the
-training loop, the search, serving, the CLI). Tasks never import ray, mlflow, nor raykd's search,
+raykd.modeling (``models``: heads, loading, a forward call; ``losses``: the hard loss), which
+imports nothing of raykd but raykd.errors; below everything that asks a task (training, the study
+cache, the search, serving, the CLI). Tasks never import ray, mlflow, nor raykd's search,
 study, tracking or serving. Heavy libraries (torch, datasets, pyarrow) load inside functions or in
 ``forward.py``/``qa/inference.py``: config validation and preflight use the registry cheaply.
 """

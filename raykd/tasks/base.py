@@ -3,9 +3,9 @@ interface. The loop, the loss, the teacher-logit cache, the search, tracking and
 task; they never ask which task it is.
 
 A task owns: loading its data (hub name or local files, or data it generates), building the
-features, the model class and head (:class:`raykd.training.models.Head`), turning model outputs
+features, the model class and head (:class:`raykd.modeling.models.Head`), turning model outputs
 into the logits that are distilled ([batch, heads, classes], with an optional mask; see
-:mod:`raykd.training.losses`), the hard loss, scoring (in training, and a local file for
+:mod:`raykd.modeling.losses`), the hard loss, scoring (in training, and a local file for
 ``cli.py evaluate``), the checks of its data files and settings before Ray starts, and how the
 registered student answers (a DataFrame in, a DataFrame out). The one :class:`DataError` of every
 task lives here.
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset
 
-    from raykd.training.models import Head
+    from raykd.modeling.models import Head
 
 
 class DataError(UserError):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raykd.console import progress_line
-from raykd.training import models
+from raykd.modeling import models
 
 # A progress line every this many batches (and after the first and the last).
 PROGRESS_EVERY = 20

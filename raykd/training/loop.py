@@ -37,9 +37,9 @@ from raykd import objective, tasks
 from raykd.config import OptimConfig
 from raykd.console import duration
 from raykd.errors import TrialFailed
+from raykd.modeling import losses, models
 from raykd.study import cache as teacher_cache
 from raykd.study.runspec import RunSpec
-from raykd.training import losses, models
 from raykd.training.checkpoints import META_FILE, STATE_FILE
 from raykd.training.schedule import eval_points, schedule
 

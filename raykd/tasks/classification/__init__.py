@@ -5,7 +5,7 @@ SST-2-format data (``synthetic``), and :class:`~raykd.tasks.classification.task.
 raykd sees.
 
 It may import raykd.config, errors, console and storage, :mod:`raykd.tasks.base` and
-:mod:`raykd.tasks.forward`, and the model plumbing of raykd.training (``models``, ``losses``). It
+:mod:`raykd.tasks.forward`, and the model plumbing of raykd.modeling (``models``, ``losses``). It
 never imports the other task (what both need lives in ``tasks/base.py``, ``tasks/forward.py`` or
 ``raykd/storage.py``), ray, mlflow, nor raykd's search, study, tracking or serving.
 """

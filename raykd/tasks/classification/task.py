@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from raykd.config import DataConfig, RaykdConfig
+from raykd.modeling.models import Head
 from raykd.tasks.base import Built, Column, DataError, Score, Task
 from raykd.tasks.classification import data as text_data
 from raykd.tasks.classification import synthetic as sentiment
-from raykd.training.models import Head
 
 ACCURACY = "eval_accuracy"
 F1 = "eval_f1"
@@ -198,7 +198,7 @@ class Classification(Task):
         return None
 
     def hard_loss(self, logits, batch):
-        from raykd.training import losses
+        from raykd.modeling import losses
 
         return losses.hard_ce_loss(logits, batch["labels"][:, None])
 
@@ -229,7 +229,7 @@ class Classification(Task):
         import pandas as pd
         import torch
 
-        from raykd.training import models
+        from raykd.modeling import models
 
         tokenizer = models.load_tokenizer(model_dir)
         model = models.load_model(model_dir, head(settings["num_labels"])).eval()

@@ -5,6 +5,6 @@ EM/F1 (``metrics``, ``squad_v1/``), answering raw questions (``inference``), the
 :class:`~raykd.tasks.qa.task.QuestionAnswering`, the only part the rest of raykd sees.
 
 It may import raykd.config, errors, console and storage, :mod:`raykd.tasks.base` and
-:mod:`raykd.tasks.forward`, and the model plumbing of raykd.training (``models``, ``losses``). It
+:mod:`raykd.tasks.forward`, and the model plumbing of raykd.modeling (``models``, ``losses``). It
 never imports the other task, ray, mlflow, nor raykd's search, study, tracking or serving.
 """

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from raykd.config import DataConfig, RaykdConfig
+from raykd.modeling.models import Head
 from raykd.tasks.base import Built, Column, DataError, Score, Task
 from raykd.tasks.qa import data as data_mod
 from raykd.tasks.qa import metrics
-from raykd.training.models import Head
 
 # More questions than this share whose answer_start does not point at their answer text, and the
 # file is refused: its offsets are not character offsets into the context (bytes, tokens, another
@@ -101,7 +101,7 @@ class QuestionAnswering(Task):
     def hard_loss(self, logits, batch):
         import torch
 
-        from raykd.training import losses
+        from raykd.modeling import losses
 
         gold = torch.stack([batch["start_positions"], batch["end_positions"]], dim=1)
         return losses.hard_ce_loss(logits, gold, self.mask(batch))
@@ -152,8 +152,8 @@ class QuestionAnswering(Task):
         the context); long contexts use the same sliding windows as evaluation."""
         import pandas as pd
 
+        from raykd.modeling import models
         from raykd.tasks.qa import inference
-        from raykd.training import models
 
         tokenizer = models.load_tokenizer(model_dir)
         model = models.load_model(model_dir, HEAD).eval()
