@@ -26,6 +26,12 @@ HEAD_RESOURCES = '{"node_a": 1, "trial_slot": 1}'
 WORKER_RESOURCES = '{"node_b": 1, "trial_slot": 1}'
 
 
+# Ray 2.60's `ray start --block` drains its node for up to 30 s on SIGTERM before it stops its
+# processes (for Serve's proxies); the head's drain then waits out the whole 30 s on its own GCS,
+# which the same SIGTERM of its process group has stopped. These nodes serve nothing: no drain.
+NO_DRAIN = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,7 +57,7 @@ def two_node_cluster(logs: Path, env: dict[str, str], head_env: dict[str, str] |
     def start(args, name, node_env):
         with open(logs / f"{name}.log", "w") as log:
             procs.append(subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", *args],
-                                          env={**env, **(node_env or {})}, stdout=log,
+                                          env={**env, **NO_DRAIN, **(node_env or {})}, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
 
     logs.mkdir(parents=True, exist_ok=True)
@@ -152,7 +158,7 @@ def fake_autoscaling_cluster(logs: Path, env: dict[str, str], head_cpus: int,
     config = logs / "autoscaling.yaml"
     config.write_text(json.dumps(fake_autoscaling_config(port, head_cpus, worker_types, autoscaler_v2)))  # JSON is YAML
     temp = Path("/tmp") / f"rkf{port}"  # short: unix socket paths are limited to 107 bytes
-    head_env = {**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    head_env = {**env, **NO_DRAIN, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     if autoscaler_v2:
         head_env.update({"RAY_enable_autoscaler_v2": "1", "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
                          "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID})
@@ -168,7 +174,7 @@ def fake_autoscaling_cluster(logs: Path, env: dict[str, str], head_cpus: int,
         yield address
     finally:
         # Every process of the cluster (the head's and the fake nodes') is in the group started
-        # here. The head takes half a minute to stop them in turn: after 10 s, they are killed.
+        # here; what is still up 10 s after SIGTERM is killed.
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -69,6 +69,7 @@ def _config(tmp_path: Path, tiny_models) -> Path:
 
 
 @pytest.mark.integration
+@pytest.mark.cluster
 def test_search_on_a_cold_autoscaling_cluster_runs_on_the_nodes_it_adds(tmp_path, cluster, tiny_models):
     address, env = cluster
     before = ray_cluster.cluster_state(address, env, NODES)
@@ -103,6 +104,7 @@ def test_search_on_a_cold_autoscaling_cluster_runs_on_the_nodes_it_adds(tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.cluster
 def test_a_driver_without_the_clusters_token_is_refused_in_one_line(tmp_path, cluster, tiny_models):
     address, env = cluster
     # Ray retries a refused connection for about 20 s before it gives up; a shorter budget here.

@@ -17,7 +17,7 @@ import pytest
 import ray_cluster
 import yaml
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 ROOT = Path(__file__).parents[1]
 BUCKET = "raykd-test"
 
@@ -81,6 +81,7 @@ def _files(fs: pafs.FileSystem, root: str) -> list[str]:
 
 def test_search_on_nodes_sharing_no_filesystem_with_an_s3_storage_path(tmp_path, cloud_cluster, s3_endpoint,
                                                                       tiny_models):
+    """Slow: a real two-node cluster, an S3 server, a teacher fine-tuned and two Ray Train trials."""
     address, env, caches = cloud_cluster
     raw = {
         "data": {"synthetic": True, "synthetic_train_size": 120, "synthetic_eval_size": 30,

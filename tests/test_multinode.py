@@ -30,7 +30,9 @@ def cluster(tmp_path_factory):
         yield address, env
 
 
+@pytest.mark.cluster
 def test_search_joins_a_two_node_cluster_and_uses_both_nodes(tmp_path, cluster, tiny_models):
+    """Slow: a real two-node cluster (started once for the module) and two Ray Train trials."""
     address, env = cluster
     raw = {
         "data": {"synthetic": True, "synthetic_train_size": 120, "synthetic_eval_size": 30,
@@ -39,7 +41,8 @@ def test_search_joins_a_two_node_cluster_and_uses_both_nodes(tmp_path, cluster, 
         "optim": {"num_epochs": 1, "batch_size": 16, "learning_rate": 3e-3},
         # One trial per node: every worker needs the per-node "trial_slot" resource.
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "resources_per_worker": {"trial_slot": 1}},
-        "search": {"name": "multinode", "storage_path": str(tmp_path / "shared"), "num_samples": 4, "scheduler": "fifo"},
+        # Two trials, queued at once: each needs a node's one trial_slot, so they run on both nodes.
+        "search": {"name": "multinode", "storage_path": str(tmp_path / "shared"), "num_samples": 2, "scheduler": "fifo"},
         "tracking": {"enabled": False},
         "space": {"distill.temperature": {"type": "uniform", "low": 1.0, "high": 4.0}},
     }
@@ -52,7 +55,7 @@ def test_search_joins_a_two_node_cluster_and_uses_both_nodes(tmp_path, cluster, 
     nodes = ray_cluster.nodes_of_results([f.read_text() for f in exp.glob("*/result.json")])
     assert len(nodes) == 2, nodes  # trials ran on both nodes
     summary = json.loads((exp / "summary.json").read_text())
-    assert len(summary["trials"]) == 4 and summary["best"]["checkpoint_path"]
+    assert len(summary["trials"]) == 2 and summary["best"]["checkpoint_path"]
 
 
 def _stale_record(ray_tmp: Path) -> str:
@@ -67,7 +70,7 @@ def test_no_address_starts_a_local_ray_whatever_ray_start_last_recorded():
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))  # short: Ray's socket paths have a length limit
     dead = _stale_record(ray_tmp)
     env = {**ray_cluster.base_env(), "RAY_TMPDIR": str(ray_tmp)}
-    code = ("import ray; from raykd import train; train.init_ray(); "
+    code = ("import ray; from raykd.training import trainer; trainer.init_ray(); "
             "print(ray.get_runtime_context().gcs_address, len(ray.nodes()))")
     # Its own process group: the local Ray it starts is stopped with it.
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
