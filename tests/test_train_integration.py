@@ -1,6 +1,5 @@
-"""Real Ray Train runs (one local Ray for the module) with tiny models built from configs."""
+"""Real Ray Train runs (on the session's local Ray) with tiny models built from configs."""
 
-import os
 import shutil
 
 import helpers
@@ -14,15 +13,8 @@ from raykd.study.runspec import RunSpec
 from raykd.tasks.qa.metrics import METRIC
 from raykd.training import trainer as train
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray(tmp_path_factory):
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+# The session's one local Ray (conftest.local_ray).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
 def _cfg(tmp_path, teacher, student, **over):
@@ -42,6 +34,7 @@ def _cfg(tmp_path, teacher, student, **over):
 
 
 def test_distill_cached_mode_learns_reports_and_never_loads_teacher(tmp_path, tiny_models):
+    """Slow: a Ray Train run of three rounds, each with a checkpoint (what per-round metrics need)."""
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_models["bert"], teacher)
     cfg = _cfg(tmp_path, teacher, tiny_models["distilbert"])
