@@ -1,10 +1,14 @@
-"""A catalogue of bad input, each tried through the real CLI (``python cli.py ...``) in a
-subprocess: exit status 2, at most two short lines on stderr naming the culprit, no traceback,
-and nothing left behind (no experiment folder, no MLflow store or run, no cache) in the working
-directory, which also holds the storage path. ``--debug`` adds the traceback.
+"""A catalogue of bad input, each tried through the real CLI: exit status 2, at most two short lines
+on stderr naming the culprit, no traceback, and nothing left behind (no experiment folder, no
+MLflow store or run, no cache) in the working directory, which also holds the storage path.
+``--debug`` adds the traceback.
 
-Almost every case is refused before Ray starts; the two that need the cluster's resources
-(a GPU, CPUs) start a local Ray and are refused right after it connects (marked integration).
+Most cases call ``cli.main`` in this process (its exit status, and stderr through capsys); a few
+run ``python cli.py`` in a subprocess (see ``_in_subprocess``): the ones that start a Ray (never
+in pytest's process), that set environment variables libraries read at import, that are timed,
+and a handful that prove the script end to end. Almost every case is refused before Ray starts;
+the ones that need the cluster's resources (a GPU, CPUs) start a local Ray and are refused right
+after it connects (marked integration).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Case:
     before: str | None = None                           # a setup step (see _before)
     ray: bool = False                                   # refused after Ray connects
     seconds: float | None = None                        # refused within this many seconds
+    script: bool = False                                # run `python cli.py` in a subprocess
 
 
 def _squad(paragraphs) -> str:
@@ -58,17 +63,17 @@ CLOSED_RAY = f"127.0.0.1:{_free_port()}"
 
 CATALOGUE = [
     # The config file itself.
-    Case("yaml-syntax", ["bad.yaml", "not valid YAML", "line 3, column 1", "line 2, column 15"], text="data:\n  max_length: [96\n"),
+    Case("yaml-syntax", ["bad.yaml", "not valid YAML", "line 3, column 1", "line 2, column 15"], text="data:\n  max_length: [96\n", script=True),
     Case("yaml-tab-indent", ["bad.yaml", "not valid YAML", "line"], text="data:\n\tmax_length: 96\n"),
     Case("empty-config", ["bad.yaml", "empty"], text=""),
     Case("comments-only-config", ["bad.yaml", "empty"], text="# nothing here\n"),
     Case("list-config", ["bad.yaml", "mapping"], text="- data\n- models\n"),
-    Case("binary-config", ["bad.yaml", "UTF-8"], text=b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01"),
+    Case("binary-config", ["bad.yaml", "UTF-8"], text=b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01", script=True),
     Case("config-missing", ["nowhere.yaml", "no such config file"], args=["--config", "nowhere.yaml"]),
     Case("duplicate-key", ["bad.yaml", "temperature", "twice"],
          text="distill:\n  temperature: 2\n  temperature: 3\n"),
     # Keys and types.
-    Case("typo-key", ["distill.temprature", "did you mean distill.temperature"], set={"distill.temprature": 2}),
+    Case("typo-key", ["distill.temprature", "did you mean distill.temperature"], set={"distill.temprature": 2}, script=True),
     Case("key-in-wrong-section", ["optim.temperature", "did you mean distill.temperature"],
          set={"optim.temperature": 2}),
     Case("unknown-section", ["optimizer", "did you mean optim"], set={"optimizer.lr": 1}),
@@ -110,7 +115,7 @@ CATALOGUE = [
     Case("train-file-not-json", ["data.train_file", "not JSON", "line 1"], before="data:notjson"),
     Case("train-file-no-data-key", ["data.train_file", "missing 'data'"], before="data:nodata"),
     Case("train-file-no-context", ["data.train_file", "data[0].paragraphs[0]", "missing 'context'"],
-         before="data:nocontext"),
+         before="data:nocontext", script=True),
     Case("train-file-no-answers", ["data.train_file", "qas[0]", "missing 'answers'"], before="data:noanswers"),
     Case("answer-start-mismatch", ["data.train_file", "2 of 2 questions", "answer_start"], before="data:offsets"),
     Case("squad-v2-file", ["data.train_file", "SQuAD v2.0"], before="data:v2"),
@@ -136,18 +141,18 @@ CATALOGUE = [
     Case("missing-package-model", ["models.student", "not installed"],
          set={"models.student": "pkg:no_such_raykd_package/model"}),
     # The experiment folder and the tracking store.
-    Case("experiment-exists", ["search.name", "already exists", "--resume", "--overwrite"], before="experiment"),
+    Case("experiment-exists", ["search.name", "already exists", "--resume", "--overwrite"], before="experiment", script=True),
     Case("train-run-exists", ["search.name", "already exists", "--overwrite"], command="train",
          before="experiment:train"),
     Case("resume-nothing", ["--resume", "no experiment"], args=["--resume"]),
     Case("resume-and-overwrite", ["--resume", "--overwrite", "choose one"], args=["--resume", "--overwrite"],
          before="experiment"),
-    Case("mlflow-unreachable", ["MLflow", "unreachable", "--no-tracking"], args=["--tracking-uri", CLOSED]),
+    Case("mlflow-unreachable", ["MLflow", "unreachable", "--no-tracking"], args=["--tracking-uri", CLOSED], script=True),
     Case("mlflow-sqlite-folder-missing", ["MLflow", "does not exist"],
          args=["--tracking-uri", "sqlite:////no/such/folder/mlflow.db"]),
     # Evaluate.
     Case("evaluate-model-without-weights", ["--model", "holds no weights"], command="evaluate",
-         before="model:noweights"),
+         before="model:noweights", script=True),
     Case("evaluate-data-not-json", ["--data", "not JSON"], command="evaluate", before="data:notjson"),
     Case("evaluate-stride", ["--doc-stride", "--max-length"], command="evaluate",
          args=["--max-length", "64", "--doc-stride", "64"]),
@@ -295,7 +300,15 @@ def _snapshot(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in path.rglob("*")}
 
 
-def _run(case: Case, world, cwd: Path, debug: bool = False):
+def _in_subprocess(case: Case) -> bool:
+    """Whether the case runs ``python cli.py`` in a subprocess rather than ``cli.main`` here: a
+    case that starts a Ray (never a second one in pytest's process tree beside the session's), sets
+    environment variables that libraries read when they are imported, or is timed; and the
+    handful marked ``script``, which prove the script end to end."""
+    return case.ray or bool(case.env) or case.seconds is not None or case.script
+
+
+def _run(case: Case, world, cwd: Path, debug: bool = False, capsys=None, monkeypatch=None):
     raw = json.loads(json.dumps(world["good"]))
     for key, value in case.set.items():
         _setdotted(raw, key, value)
@@ -313,18 +326,29 @@ def _run(case: Case, world, cwd: Path, debug: bool = False):
         args = [case.command] + ([] if "--config" in case.args else ["--config", str(config)]) + case.args
     if debug:
         args.append("--debug")
+    # Ray's files go to a folder of this case (short: Ray's socket paths have a length limit), so
+    # the test sees whether Ray started at all.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
+    before = _snapshot(cwd)
+    try:
+        if _in_subprocess(case) or capsys is None:
+            code, out, err, elapsed = _cli_subprocess(args, case.env, cwd, ray_tmp)
+        else:
+            code, out, err, elapsed = _cli_in_process(args, cwd, ray_tmp, capsys, monkeypatch)
+        ray_started = any(ray_tmp.iterdir())
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return Result(code, out, err, before, _snapshot(cwd), ray_started, elapsed)
+
+
+def _cli_subprocess(args: list[str], env_changes: dict, cwd: Path, ray_tmp: Path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    for k, v in case.env.items():
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_TMPDIR": str(ray_tmp)})
+    for k, v in env_changes.items():
         if v is None:
             env.pop(k, None)
         else:
             env[k] = v
-    # Ray's files go to a folder of this case (short: Ray's socket paths have a length limit), so
-    # the test sees whether Ray started at all.
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rk"))
-    env["RAY_TMPDIR"] = str(ray_tmp)
-    before = _snapshot(cwd)
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -338,9 +362,36 @@ def _run(case: Case, world, cwd: Path, debug: bool = False):
         except ProcessLookupError:
             pass
         proc.wait()
-        ray_started = any(ray_tmp.iterdir())
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    return Result(proc.returncode, out, err, before, _snapshot(cwd), ray_started, elapsed)
+    return proc.returncode, out, err, elapsed
+
+
+def _cli_in_process(args: list[str], cwd: Path, ray_tmp: Path, capsys, monkeypatch):
+    """``cli.main(args)`` in this process, in ``cwd``; what it changes of the process (the
+    environment, sys.stdout/stderr, raykd's console) is put back."""
+    import cli
+    from raykd import console
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(console, "_installed", None)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    env, streams = dict(os.environ), (sys.stdout, sys.stderr)
+    capsys.readouterr()
+    started = time.monotonic()
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    finally:
+        elapsed = time.monotonic() - started
+        sys.stdout, sys.stderr = streams
+        os.environ.clear()
+        os.environ.update(env)
+    out, err = capsys.readouterr()
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), "a case run in-process started Ray in pytest's process"
+    return code, out, err, elapsed
 
 
 @dataclass
@@ -356,8 +407,8 @@ class Result:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.ray else [])
                                   for c in CATALOGUE])
-def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_path):
-    r = _run(case, world, tmp_path)
+def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_path, capsys, monkeypatch):
+    r = _run(case, world, tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     lines = [x for x in r.err.splitlines() if x.strip()]
     assert r.code == 2, f"exit {r.code}\nstdout: {r.out[-1500:]}\nstderr: {r.err[-3000:]}"
     assert "Traceback" not in r.err and "Traceback" not in r.out
@@ -381,6 +432,9 @@ def test_debug_shows_the_traceback(world, tmp_path):
 
 def test_the_catalogue_covers_the_issue():
     assert len(CATALOGUE) >= 25
+    # The script itself, end to end, for a handful of refusals of each kind; the rest in-process.
+    assert {"search", "train", "evaluate"} <= {c.command for c in CATALOGUE if _in_subprocess(c)}
+    assert 5 <= sum(c.script for c in CATALOGUE) < len(CATALOGUE) // 4
     kinds = {c.id for c in CATALOGUE}
     for wanted in ("yaml-syntax", "empty-config", "binary-config", "typo-key", "alphas-all-zero",
                    "max-length-above-positions", "gpu-without-gpus", "more-cpus-than-cluster", "train-file-missing",
