@@ -26,6 +26,7 @@ MIN_ACCURACY = 80.0
 
 
 def test_a_tiny_classification_search_learns_caches_the_teacher_and_registers_a_labelling_student(tmp_path):
+    """Slow: the teacher and two students must really learn (>= 80 % accuracy), on a local Ray."""
     base = helpers.tiny_bert_classifier(tmp_path / "base", layers=4, hidden=64)
     raw = {
         "task": "classification",

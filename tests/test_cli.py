@@ -140,6 +140,7 @@ def test_evaluate_refuses_a_task_that_does_not_fit_in_one_line(sst2, capsys, arg
 
 @pytest.mark.integration
 def test_train_then_evaluate_through_the_cli(tmp_path, tiny_models):
+    """Slow: the CLI starts its own local Ray and one Ray Train run (about 20 s of start-up)."""
     cfg = {
         "data": {"synthetic": True, "synthetic_train_size": 120, "synthetic_eval_size": 30,
                  "max_length": 96, "doc_stride": 32},
