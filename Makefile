@@ -22,4 +22,9 @@ quickstart-sst2: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -v -rs --durations=15
 
-.PHONY: install quickstart quickstart-sst2 test
+# The edit-test loop: the unit tier only (no Ray, no MLflow server, no cluster), under 2 minutes, in
+# 2 processes (pytest-xdist). The integration tests stay in one: each uses the whole machine.
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -rs -m "not integration" -n 2 --durations=5
+
+.PHONY: install quickstart quickstart-sst2 test test-fast
