@@ -13,6 +13,13 @@ teacher (and, with --real-text, quality.py's) is prepared first, outside the tim
     python benchmarks/search_efficiency.py                # quickstart, 2 seeds x (ASHA, FIFO): ~30 min
     python benchmarks/search_efficiency.py --smoke        # tiny: minutes
     python benchmarks/search_efficiency.py --real-text    # + real SQuAD text (its time: benchmarks/RESULTS.md)
+    python benchmarks/search_efficiency.py --fixed-cost RAY_SESSION/logs EXPERIMENT [OUT]
+
+``--fixed-cost`` reads a finished search's Ray session logs (``/tmp/ray/session_*/logs``, the
+session that ran it) and writes ``search_efficiency-fixed-cost.{json,md}``: each trial's seconds on
+every step from its trial actor's start to the next trial's (process starts, imports, Train's
+controller and worker group, set-up, training, evaluation, checkpoints, shutdown), and every actor
+process the search started.
 """
 
 from __future__ import annotations
@@ -365,7 +372,7 @@ def trial_breakdown(session: dict[str, Any], rows: dict[str, list[dict[str, Any]
         marks = session["controllers"].get(ctl["worker_id"], {})
         run = marks.get("run")
         rs = rows.get(run, [])
-        if not rs or not all(k in marks for k in ("requested", "launched", "shut_down")):
+        if not rs or not all(k in marks for k in ("requested", "launched")):
             continue
         last = rs[-1]
         worker = session["workers"].get(run, {})
@@ -390,14 +397,17 @@ def trial_breakdown(session: dict[str, Any], rows: dict[str, list[dict[str, Any]
             "training steps": float(last.get("time_train_s", 0.0)),
             "evaluation": float(last.get("time_eval_s", 0.0)),
             "checkpoints (all but the last round's)": float(last.get("time_checkpoint_s", 0.0)),
-            "last report to worker group shut down": marks["shut_down"] - last_report,
-            "teardown and gap to the next trial actor": (nxt - marks["shut_down"]) if nxt else None,
+            # None for a trial ASHA stopped: Tune ends it without Train's orderly shutdown.
+            "last report to worker group shut down": (marks["shut_down"] - last_report) if "shut_down" in marks
+            else None,
+            "teardown and gap to the next trial actor": (nxt - marks.get("shut_down", last_report)) if nxt else None,
         }
         # What the worker's own timings leave out of its span: the last round's checkpoint and reports.
         steps["the last checkpoint and reporting"] = (
             last_report - launching - steps["worker set-up: data, models, teacher logits (raykd's time_setup_s)"]
             - steps["training steps"] - steps["evaluation"] - steps["checkpoints (all but the last round's)"])
-        out.append({"trial": run, "steps": steps, "span_s": (nxt or marks["shut_down"]) - d["registered"]})
+        end = nxt or marks.get("shut_down", last_report)
+        out.append({"trial": run, "stopped": "shut_down" not in marks, "steps": steps, "span_s": end - d["registered"]})
     return out
 
 
@@ -432,7 +442,8 @@ def fixed_cost_report(logs: Path, experiment: Path, out: Path) -> tuple[Path, Pa
         f"Ray session `{logs}`, search `{experiment}`: per trial, seconds on each step from its trial actor's "
         "registration to the next trial's (GCS actor registration and creation, Train V2 controller log marks, "
         "raykd's own per-round timings).\n\n"
-        + _results.md_table(["step", *[t["trial"] for t in trials], "median"], table),
+        + _results.md_table(["step", *[t["trial"] + (" (stopped by ASHA)" if t["stopped"] else "") for t in trials],
+                             "median"], table),
         "## Actor processes of the search\n\n"
         + _results.md_table(["actor class", "processes", "registered to created (s, median)",
                              "process life (s, median)"], side_actors(session)),
