@@ -164,7 +164,7 @@ def _feed(s, trial_id, f1s, final):
         s.on_trial_result(trial_id, {"round": r, "eval_f1": f1, "training_iteration": r, "final": False})
     last = {"round": len(f1s), "eval_f1": f1s[-1], "training_iteration": len(f1s), "final": final}
     s.on_trial_complete(trial_id, result=last)
-    return s._ot_study.trials[-1]
+    return s.study.trials[-1]
 
 
 @pytest.mark.parametrize("rule,expected", [("best", 30.0), ("last", 20.0)])

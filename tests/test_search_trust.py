@@ -208,6 +208,7 @@ def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
         assert s.on_trial_result(None, t, {"round": r, "eval_f1": f1}) == CONTINUE
     history = json.dumps([[1, 20.0], [2, 55.0], [3, 40.0], [4, 30.0], [5, 70.0]])
     restored = pickle.loads(pickle.dumps(s))
+    assert restored.set_search_properties("eval_f1", "max")  # Tune hands a resumed scheduler its metric again
     assert restored.on_trial_result(None, b, {"round": 5, "eval_f1": 70.0, "round_scores": history}) == STOP
     assert schedulers.stopped_at(str(tmp_path / "stopped"), "B") == 4
     assert schedulers.unseen_rounds({"round_scores": history}, 2, 5) == [(3, 40.0), (4, 30.0)]
@@ -218,3 +219,59 @@ def test_rounds_that_never_reached_tune_meet_their_rungs_on_resume(tmp_path):
     c = trial("C")
     restored.on_trial_add(None, c)
     assert restored.on_trial_result(None, c, {"round": 8, "eval_f1": 65.0}) == CONTINUE
+
+
+def _searcher(tmp_path, cls=None, **kwargs):
+    import optuna
+
+    from raykd import spaces
+    from raykd.search import searchers
+
+    params = spaces.parse({"distill.temperature": {"type": "uniform", "low": 1, "high": 4}})
+    cls = cls or searchers.TruthfulOptunaSearch
+    metric = kwargs.pop("metric", "eval_f1")
+    return cls(space=spaces.define_by_run(params), metric=metric, mode=["max", "min"] if isinstance(metric, list)
+               else "max", sampler=optuna.samplers.RandomSampler(seed=0), stopped_uri=str(tmp_path / "stopped"),
+               **kwargs)
+
+
+def test_optuna_hears_the_rounds_tune_never_saw_up_to_the_stop(tmp_path):
+    """After a resume, B's first result is round 5 and its history holds rounds 3 and 4; ASHA
+    stopped B at round 4. Optuna gets rounds 3 and 4 (not 5), and B is PRUNED with its score."""
+    s = _searcher(tmp_path, trial_score="last")
+    s.suggest("B")
+    for r, f1 in ((1, 20.0), (2, 55.0)):
+        s.on_trial_result("B", {"round": r, "eval_f1": f1, "final": False})
+    schedulers.write_stopped(str(tmp_path / "stopped"), "B", 4)
+    history = json.dumps([[1, 20.0], [2, 55.0], [3, 40.0], [4, 30.0], [5, 70.0]])
+    s.on_trial_complete("B", {"round": 5, "eval_f1": 70.0, "final": False, "round_scores": history})
+    done = s.study.trials[-1]
+    assert done.state.name == "PRUNED" and done.intermediate_values == {1: 20.0, 2: 55.0, 3: 40.0, 4: 30.0}
+    assert done.value == 30.0
+
+
+def test_the_searcher_state_survives_save_and_restore(tmp_path):
+    s = _searcher(tmp_path, storage=None)
+    config = s.suggest("A")
+    assert set(config) == {"distill.temperature"}
+    s.on_trial_result("A", {"round": 1, "eval_f1": 10.0, "final": False})
+    s.save(str(tmp_path / "searcher.pkl"))
+    again = _searcher(tmp_path)
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert again.suggest("A") == config  # the same Optuna trial
+    again.on_trial_complete("A", {"round": 2, "eval_f1": 30.0, "final": True})
+    assert [(t.state.name, t.value) for t in again.study.trials] == [("COMPLETE", 30.0)]
+
+
+def test_a_multi_objective_trial_is_told_once_complete_or_pruned(tmp_path):
+    from raykd.search import searchers
+
+    s = _searcher(tmp_path, cls=searchers.ParetoOptunaSearch, metric=["eval_f1", "latency_ms"], score="eval_f1")
+    for tid, final in (("A", True), ("B", False)):
+        s.suggest(tid)
+        s.on_trial_result(tid, {"round": 1, "eval_f1": 50.0, "latency_ms": 3.0, "final": False})
+        s.on_trial_complete(tid, {"round": 2, "eval_f1": 40.0, "latency_ms": 3.0, "final": final})
+    s.suggest("C")
+    s.on_trial_complete("C", error=True)
+    assert [(t.state.name, t.values) for t in s.study.trials] == [
+        ("COMPLETE", [50.0, 3.0]), ("PRUNED", None), ("FAIL", None)]

@@ -9,8 +9,10 @@ import json
 from typing import Any
 
 from ray import tune
+from ray.experimental.tqdm_ray import safe_print
 from ray.tune.experiment import Trial
 
+from raykd import compat
 from raykd.config import COSTS
 from raykd.search.plan import Plan
 from raykd.search.summary import SUMMARY
@@ -41,9 +43,9 @@ class ProgressTable(tune.CLIReporter):
         # Dropped: Ray's temporary artifacts folder (the experiment's folder is in the summary) and
         # the "current best trial" by its last round, which is not a trial's score under
         # trial_score: best.
-        lines = [line for line in self._progress_str(trials, done).splitlines()
+        lines = [line for line in compat.progress_text(self, trials, done).splitlines()
                  if not line.startswith(("Result logdir:", "Current best trial:"))]
-        self._print("\n".join(lines).rstrip("\n") + "\n")
+        safe_print("\n".join(lines).rstrip("\n") + "\n")
 
 
 class RoundLines(tune.Callback):

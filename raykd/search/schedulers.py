@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -155,8 +156,9 @@ class ResumableASHA(ASHAScheduler):
       (``on_trial_complete``), so later trials are compared with it.
     - Resume: Tune's restore rebuilds the scheduler from its initial state (it saves the searcher's
       state, not the scheduler's), so a resumed search would forget which trial reached which rung
-      with which score. The rungs are written beside the experiment after every result and read
-      back on resume. A trial ASHA stopped also gets a marker file (``stopped/<trial id>.json``,
+      with which score. The scheduler's state (ASHA's own ``save``/``restore``, which keep rungs,
+      brackets and ours) is written beside the experiment after every result and read back on
+      resume. A trial ASHA stopped also gets a marker file (``stopped/<trial id>.json``,
       with the round it was stopped at): after a hard kill Tune's saved state can be older and
       resume it, and the trial driver reads the marker and trains nothing more.
     """
@@ -166,6 +168,7 @@ class ResumableASHA(ASHAScheduler):
         self._stopped: dict[str, int] = {}  # trial id -> the round ASHA stopped it at
         self._score: dict[str, float] = {}  # trial id -> its score so far
         self._seen: dict[str, int] = {}  # trial id -> the last round this scheduler judged
+        self._in_bracket: set[str] = set()  # trials given a bracket and not yet ended in it
         self._trial_score = trial_score
         self._score_metric = kwargs.get("metric")
         self._score_mode = kwargs.get("mode")
@@ -177,6 +180,10 @@ class ResumableASHA(ASHAScheduler):
             fs.delete_file(path)  # a fresh search starts with empty rungs
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        if metric is not None and (metric, mode) == (self._score_metric, self._score_mode):
+            # A resumed search: the restored state has Tune's metric and mode already (ASHA
+            # itself would refuse to be given them twice).
+            return True
         ok = super().set_search_properties(metric, mode, **spec)
         if ok:
             self._score_metric = metric or self._score_metric
@@ -189,22 +196,23 @@ class ResumableASHA(ASHAScheduler):
         self.__dict__.update(state)
         fs, path = storage.filesystem(self._state_uri)
         if fs.get_file_info(path).type == pafs.FileType.File:
-            with fs.open_input_stream(path) as f:
-                saved = pickle.loads(f.read())
-            self._brackets, self._trial_info = saved["brackets"], saved["trial_info"]
-            self._num_stopped = saved["num_stopped"]
-            self._stopped, self._score, self._seen = saved["stopped"], saved["score"], saved["seen"]
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, ASHA_STATE)
+                with fs.open_input_stream(path) as f, open(local, "wb") as out:
+                    out.write(f.read())
+                self.restore(local)  # ASHAScheduler's own: its state (rungs, trials) and ours
             for trial_id, round_ in self._stopped.items():
                 write_stopped(self._stopped_uri, trial_id, round_)
 
     def _save(self) -> None:
+        # ASHAScheduler.save writes a local file; the experiment may live in a bucket.
         fs, path = storage.filesystem(self._state_uri)
-        tmp = path + ".tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(pickle.dumps({"brackets": self._brackets, "trial_info": self._trial_info,
-                                  "num_stopped": self._num_stopped, "stopped": self._stopped,
-                                  "score": self._score, "seen": self._seen}))
-        fs.move(tmp, path)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, ASHA_STATE)
+            self.save(local)
+            with open(local, "rb") as f, fs.open_output_stream(path + ".tmp") as out:
+                out.write(f.read())
+        fs.move(path + ".tmp", path)
 
     def _scored(self, trial_id: str, result: dict) -> dict:
         """The result with the metric replaced by the trial's score so far."""
@@ -219,8 +227,13 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         # A restored trial keeps the bracket it had; only a new one is assigned.
-        if trial.trial_id not in self._trial_info:
+        if trial.trial_id not in self._in_bracket:
             super().on_trial_add(tune_controller, trial)
+            self._in_bracket.add(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        super().on_trial_remove(tune_controller, trial)
+        self._in_bracket.discard(trial.trial_id)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.trial_id in self._stopped:
@@ -254,11 +267,12 @@ class ResumableASHA(ASHAScheduler):
         return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if trial.trial_id in self._trial_info and trial.trial_id not in self._stopped:
+        if trial.trial_id in self._in_bracket and trial.trial_id not in self._stopped:
             # The last result was already scored in on_trial_result (scoring again is idempotent).
             # A stopped trial is in the rung it was stopped at already: the result Tune ends it
             # with may be a later round's (one judged from the history), which must enter no rung.
             super().on_trial_complete(tune_controller, trial, self._scored(trial.trial_id, result))
+            self._in_bracket.discard(trial.trial_id)
         self._save()
 
 

@@ -6,12 +6,13 @@ study per distinct value of a study-changing key), and where Optuna's study is s
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import optuna
 from ray.tune.result import TRAINING_ITERATION
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from raykd import spaces
 from raykd.config import DISTILL, RaykdConfig, with_values
@@ -21,10 +22,11 @@ from raykd.search.schedulers import stopped_at, unseen_rounds
 from raykd.study.prepare import prepare_study
 
 
-class TruthfulOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna what really happened to a trial.
+class TruthfulOptunaSearch(Searcher):
+    """A Tune searcher that drives an Optuna study through its ask-and-tell interface and tells
+    it what really happened to a trial.
 
-    Out of the box Ray reports intermediate values at ``training_iteration`` (which restarts on
+    Ray's OptunaSearch reports intermediate values at ``training_iteration`` (which restarts on
     resume) and tells Optuna that an ASHA-stopped trial COMPLETED with its last, low-fidelity F1,
     which misleads TPE. Here intermediate values are indexed by the loop's ``round``, and a trial
     whose last result is not its ``final`` round is told as PRUNED (Optuna keeps its intermediate
@@ -34,15 +36,51 @@ class TruthfulOptunaSearch(OptunaSearch):
     ``trial_score`` (``best``: the best round up to it; ``last``: that round), so a COMPLETE
     trial's value and a PRUNED trial's last intermediate value both equal the score the summary
     ranks it by. Each round is reported once (a repeated step is only a warning in Optuna).
-    The per-trial state lives in ``__dict__``, which Ray pickles with the searcher for resume.
+
+    ``space`` is a define-by-run function (:class:`raykd.spaces.DefineByRun`): it suggests the
+    searched values on the asked trial and returns the values it fixes (constants, tied alphas),
+    which join the trial's config. ``points_to_evaluate`` are enqueued in the study once, when a
+    search starts (on resume the study already holds them). The whole state, the study with its
+    storage included, is what :meth:`save` writes and :meth:`restore` reads (Tune calls them).
     """
 
-    def __init__(self, *args, trial_score: str = "best", stopped_uri: str | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, space, metric: str | list[str], mode: str | list[str], sampler: optuna.samplers.BaseSampler,
+                 study_name: str = "optuna", storage: optuna.storages.BaseStorage | None = None,
+                 points_to_evaluate: list[dict[str, Any]] | None = None, trial_score: str = "best",
+                 stopped_uri: str | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        directions = [("minimize" if m == "min" else "maximize") for m in (mode if isinstance(mode, list) else [mode])]
+        # The searcher decides when a trial ends (ASHA stops it in Tune), never Optuna's pruner.
+        self._study = optuna.create_study(storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(),
+                                          study_name=study_name, load_if_exists=True, directions=directions)
+        for point in points_to_evaluate or []:
+            self._study.enqueue_trial(point)
+        self._trials: dict[str, optuna.Trial] = {}  # Tune's trial id -> Optuna's trial
+        self._ended: set[str] = set()  # trials told to the study as ended
         self._trial_score = trial_score
         self._stopped_uri = stopped_uri  # where ASHA marks the trials it stopped (ResumableASHA)
         self._score: dict[str, float] = {}
         self._reported: dict[str, set[int]] = {}
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._study
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id not in self._trials:
+            self._trials[trial_id] = self._study.ask()
+        trial = self._trials[trial_id]
+        fixed = self._space(trial)
+        return {**trial.params, **(fixed or {})}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
 
     def _last_told(self, trial_id: str) -> int:
         return max(self._reported.get(trial_id) or {0})
@@ -68,63 +106,70 @@ class TruthfulOptunaSearch(OptunaSearch):
         # Every score is better in MODE's direction (a multi-objective searcher's own mode is a list).
         return max(a, b) if MODE == "max" else min(a, b)
 
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self.metric not in result:
-            return
-        rnd = int(result.get("round", result[TRAINING_ITERATION]))
-        for missed, value in self._unseen(trial_id, result, rnd):
-            self._tell(trial_id, result, missed, value)
-        self._tell(trial_id, result, rnd, float(result[self.metric]))
+    def _end(self, trial_id: str, values: float | list[float] | None, state: optuna.trial.TrialState | None) -> None:
+        """Tell the study how the trial ended. Values with no state: COMPLETE, or FAIL when Optuna
+        finds them infeasible (NaN). A trial the study already closed (sqlite, written at once,
+        while Tune's saved state, older after a hard kill, still had it running) keeps Optuna's
+        record."""
+        self._study.tell(self._trials[trial_id], values, state=state, skip_if_finished=True)
+        self._ended.add(trial_id)
 
-    def _tell(self, trial_id: str, result: dict, rnd: int, value: float) -> None:
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._ended or self.metric not in result:
+            return
+        rnd = int(result["round"] if "round" in result else result[TRAINING_ITERATION])
+        for missed, value in self._unseen(trial_id, result, rnd):
+            self._tell(trial_id, missed, value)
+        self._tell(trial_id, rnd, float(result[self.metric]))
+
+    def _tell(self, trial_id: str, rnd: int, value: float) -> None:
         self._keep(trial_id, value)
         if rnd in self._reported.setdefault(trial_id, set()):
             return
         self._reported[trial_id].add(rnd)
         try:
-            super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: rnd, self.metric: self._score[trial_id]})
+            self._trials[trial_id].report(self._score[trial_id], rnd)
         except optuna.exceptions.UpdateFinishedTrialError:
-            # Optuna's study (sqlite, written at once) already closed this trial while Tune's
-            # saved state, older after a hard kill, still had it running: Optuna's record stands.
-            pass
+            pass  # closed in the study already (see _end): Optuna's record stands
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._ended:
+            return
         stop = self._past_stop(trial_id, result)
         past_stop = stop is not None
         if result and self.metric in result and past_stop:
             # ASHA stopped it at an earlier round than this result's (one judged from the
             # history): only the rounds up to the stop are the trial's, and it was pruned.
             for missed, value in self._unseen(trial_id, result, stop + 1):
-                self._tell(trial_id, result, missed, value)
+                self._tell(trial_id, missed, value)
         elif result and self.metric in result:
             # Tune hands a result that ends a trial (ASHA's max_t, or a stop) to on_trial_complete
             # only; record it as the trial's last intermediate value too.
             self.on_trial_result(trial_id, result)
-        if result and not error:
-            if past_stop or not result.get("final", True) or trial_id not in self._score:
-                # Without the metric, OptunaSearch tells the trial as PRUNED.
-                result = {k: v for k, v in result.items() if k != self.metric}
-            else:
-                result = {**result, self.metric: self._score[trial_id]}
-        super().on_trial_complete(trial_id, result=result, error=error)
+        value = None
+        if result and not error and not past_stop and result.get("final", True) and trial_id in self._score:
+            value = self._score[trial_id]
+        elif error and result and self.metric in result:
+            value = float(result[self.metric])  # as Ray's OptunaSearch did: the metric it ended with
+        # Without a value: PRUNED (Optuna takes the last intermediate value as the value), or FAIL.
+        self._end(trial_id, value, None if value is not None else
+                  optuna.trial.TrialState.FAIL if error else optuna.trial.TrialState.PRUNED)
 
 
 class ParetoOptunaSearch(TruthfulOptunaSearch):
     """The multi-objective search (``search.objectives``): Optuna takes no intermediate values
     from a multi-objective trial, so each trial is told once, when it ends: COMPLETE with
     [its score under ``trial_score``, its costs...] when it ran its final round, PRUNED when the
-    scheduler stopped it (its low-fidelity score would mislead the sampler), FAIL on an error.
-    (Ray's OptunaSearch would tell a trial without the metrics as COMPLETE with None values,
-    which Optuna rejects, leaving the trial RUNNING in the study.)"""
+    scheduler stopped it (its low-fidelity score would mislead the sampler), FAIL on an error."""
 
     def __init__(self, *args, score: str, **kwargs):
         super().__init__(*args, **kwargs)
         self._score_key = score
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self._score_key not in result:
+        if trial_id in self._ended or self._score_key not in result:
             return
-        rnd = int(result.get("round", result[TRAINING_ITERATION]))
+        rnd = int(result["round"] if "round" in result else result[TRAINING_ITERATION])
         for missed, value in self._unseen(trial_id, result, rnd):
             self._keep(trial_id, value)
             self._reported.setdefault(trial_id, set()).add(missed)
@@ -132,7 +177,7 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
         self._reported.setdefault(trial_id, set()).add(rnd)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._ended or trial_id not in self._trials:
             return
         past_stop = self._past_stop(trial_id, result) is not None
         if result and not past_stop:
@@ -142,13 +187,7 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
                 and all(m in result for m in self.metric if m != self._score_key):
             values = [self._score[trial_id] if m == self._score_key else float(result[m]) for m in self.metric]
             state = optuna.trial.TrialState.COMPLETE
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
-        except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as exc:
-            # Optuna's study (sqlite, written at once) already closed this trial on a resume.
-            if not isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) and "finished" not in str(exc):
-                raise
-        self._completed_trials.add(trial_id)
+        self._end(trial_id, values, state)
 
 
 class StudyBroker:

@@ -26,7 +26,7 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from raykd import errors, spaces, storage
+from raykd import compat, errors, spaces, storage
 from raykd.config import DISTILL, RaykdConfig, storage_root, with_values
 from raykd.errors import TrialFailed, UserError
 from raykd.objective import MODE
@@ -215,4 +215,4 @@ def _saved_statuses(experiment_path: str, grid) -> dict[str, str]:
         analysis = tune.ExperimentAnalysis(experiment_path)
         return {t.trial_id: t.status for t in analysis.trials}
     except Exception:  # noqa: BLE001 -- no readable snapshot: what the grid says is all there is
-        return {t.trial_id: t.status for t in grid._experiment_analysis.trials}
+        return compat.result_grid_statuses(grid)

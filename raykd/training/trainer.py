@@ -17,7 +17,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from raykd import objective, storage
+from raykd import compat, objective, storage
 from raykd.config import DISTILL, FINETUNE, RaykdConfig
 from raykd.errors import UserError
 from raykd.objective import MODE
@@ -86,10 +86,7 @@ def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
 def _autoscaler_status() -> dict[str, Any]:
     """The autoscaler's last status report ({} when there is none yet)."""
     try:
-        from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        return json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
+        return json.loads(compat.autoscaler_status() or b"{}")
     except Exception:  # noqa: BLE001 - a private API: without it, judge by what is up now
         return {}
 
@@ -99,10 +96,8 @@ def _published_groups() -> tuple[dict[str, float], list[dict[str, float]]]:
     autoscaler publishes in the GCS (autoscaler v2, KubeRay): what Ray Train itself reads to
     refuse a worker group that can never start. Empty when none is published."""
     try:
-        from ray._private.state import state
-
-        most = state.get_max_resources_from_cluster_config() or {}
-        config = state.get_cluster_config()
+        most, config = compat.published_cluster_config()
+        most = most or {}
         groups = [dict(g.resources) for g in config.node_group_configs if g.max_count != 0] if config else []
     except Exception:  # noqa: BLE001 - a private API
         return {}, []
@@ -116,10 +111,8 @@ def _autoscales(status: dict[str, Any]) -> bool:
     after the config's node types. The v2 autoscaler (what ``ray up`` starts since Ray 2.50, and
     KubeRay) writes no such status and marks itself in the GCS."""
     try:
-        from ray.autoscaler._private.util import format_readonly_node_type
-
         mapping = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
-        if any(kind != format_readonly_node_type(node) for node, kind in mapping.items()):
+        if any(kind != compat.readonly_node_type(node) for node, kind in mapping.items()):
             return True
     except ImportError:  # a private API: the v2 check below still answers
         pass
@@ -277,9 +270,7 @@ def _gcs_address(address: str, named: str, local: str) -> str | None:
     if address != "auto":
         return address
     try:
-        from ray._private.services import canonicalize_bootstrap_address_or_die
-
-        return canonicalize_bootstrap_address_or_die("auto")
+        return compat.local_gcs_address()
     except ConnectionError:
         raise UserError(f"{named}: no Ray cluster runs on this machine (nor did `ray start` record one); start one "
                         f"with `ray start --head`, pass its host:port, or {local}") from None
