@@ -62,7 +62,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     preflight.check(cfg, mode, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)
     from raykd import storage  # ray, torch: after the checks, which then answer in a second
-    from raykd.study.prepare import prepare_study
+    from raykd.prepare import prepare_study
     from raykd.training import trainer as train
 
     _start(cfg, mode, address, overwrite)
@@ -74,7 +74,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     check_accumulation(cfg, teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"])
     if tracker:
         tracker.connect(cfg, tracking_uri)
-    result = train.fit(cfg, mode, study=study)
+    result = train.fit(cfg, mode, study)
     if result.error:
         raise RuntimeError(f"training failed: {result.error}")
     metric = objective.metric(cfg)
@@ -101,7 +101,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
 def prepare(cfg: RaykdConfig, address: str | None = None) -> dict[str, Any]:
     cfg = preflight.resolve_data(cfg)
     preflight.check(cfg, DISTILL, experiment=False)
-    from raykd.study.prepare import prepare_study
+    from raykd.prepare import prepare_study
     from raykd.training import trainer as train
 
     _begin()
@@ -238,7 +238,7 @@ def _search_spec(cfg: RaykdConfig, resume: bool, overwrite: bool) -> _SearchSpec
 
 def _search_study(spec: _SearchSpec):
     """The study every trial shares (features and teacher logits, prepared once)."""
-    from raykd.study.prepare import prepare_study
+    from raykd.prepare import prepare_study
 
     study, info = prepare_study(spec.cfg, DISTILL, need_logits=spaces.may_use_teacher_logits(spec.cfg, spec.params))
     logits = ("computed" if info["teacher_logits_computed"] else "reused") if study.teacher_file else "not used"
@@ -257,8 +257,8 @@ def _search_plan(spec: _SearchSpec, study, info: dict[str, Any]):
     n_features = teacher_cache.Prepared(Path(info["prepared"])).manifest()["n_train_features"]
     the_plan = plan.plan(cfg, spec.params, n_features)
     if spec.archs is not None:
+        from raykd.prepare import study_place
         from raykd.study import store as study_store
-        from raykd.study.prepare import study_place
 
         # Measured here, on the driver, before any trial runs and beside the study (the driver's
         # local cache): one number per architecture, and no training competes for the cores. A

@@ -12,7 +12,7 @@ from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
 from raykd.config import DISTILL, RaykdConfig
-from raykd.study.prepare import prepare_study
+from raykd.prepare import prepare_study
 from raykd.study.runspec import RunSpec
 from raykd.training import loop
 from raykd.training.checkpoints import STATE_FILE, read_meta

@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from raykd import config as config_mod
-from raykd import storage, tasks
+from raykd import prepare, storage, tasks
 from raykd.config import DataConfig, OptimConfig, RaykdConfig, TeacherFinetuneConfig, with_values
 from raykd.modeling import losses, models
 from raykd.study import cache as teacher_cache
-from raykd.study import prepare
 from raykd.tasks.qa import data as qa_data
 from raykd.tasks.qa.task import HEAD as QA_HEAD
 

@@ -8,7 +8,7 @@ import ray
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 from raykd.config import RaykdConfig
-from raykd.study.prepare import prepare_study
+from raykd.prepare import prepare_study
 from raykd.study.runspec import RunSpec
 from raykd.tasks.qa.metrics import METRIC
 from raykd.training import trainer as train
@@ -42,7 +42,7 @@ def test_distill_cached_mode_learns_reports_and_never_loads_teacher(tmp_path, ti
     assert info["teacher_logits_computed"] and study.teacher_file
     # Cached mode must not construct the teacher: take it away before the trial runs.
     shutil.move(str(teacher), str(tmp_path / "teacher-gone"))
-    result = train.fit(cfg, train.DISTILL, study=study)
+    result = train.fit(cfg, train.DISTILL, study)
     import pandas as pd
 
     df = pd.DataFrame(sorted((m for _, m in result.best_checkpoints), key=lambda m: m["round"]))
@@ -75,7 +75,7 @@ def test_online_mode_with_cosine_loss_and_layer_init(tmp_path, tiny_models):
                models__init_from_teacher_layers=[0, 3], search__name="online")
     study, info = prepare_study(cfg, train.DISTILL)
     assert study.teacher_file is None and not info["teacher_logits_computed"]
-    result = train.fit(cfg, train.DISTILL, study=study)
+    result = train.fit(cfg, train.DISTILL, study)
     row = result.metrics
     assert row["train_cos"] > 0 and row["train_kd"] > 0
     with train.best_checkpoint(result, METRIC).as_directory() as d:
@@ -94,7 +94,8 @@ def test_learning_a_learnable_task(tmp_path):
         "scaling": {"torch_threads": 2},
         "search": {"storage_path": str(tmp_path / "results"), "name": "learn"},
     })
-    result = train.fit(cfg, train.FINETUNE)
+    study, _ = prepare_study(cfg, train.FINETUNE)
+    result = train.fit(cfg, train.FINETUNE, study)
     assert train.best_metrics(result, METRIC)[METRIC] >= 30.0
 
 

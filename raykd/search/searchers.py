@@ -17,9 +17,9 @@ from ray.tune.search import Searcher
 from raykd import spaces
 from raykd.config import DISTILL, RaykdConfig, with_values
 from raykd.objective import MODE
+from raykd.prepare import prepare_study
 from raykd.search.plan import Plan
 from raykd.search.schedulers import stopped_at, unseen_rounds
-from raykd.study.prepare import prepare_study
 
 
 class TruthfulOptunaSearch(Searcher):

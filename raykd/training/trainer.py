@@ -2,7 +2,7 @@
 the teacher raykd fine-tunes), on the driver side: the trainer and its checkpoint rules, the
 workers' resources and the check that a cluster can ever hold them, joining Ray, and reading a
 finished run's best checkpoint and metrics. The workers run :mod:`raykd.loop`; studies are
-prepared by :mod:`raykd.prepare`; what a run is, is a :class:`~raykd.runspec.RunSpec`.
+prepared by :mod:`raykd.prepare`; what a run is, is a :class:`~raykd.study.runspec.RunSpec`.
 """
 
 from __future__ import annotations
@@ -345,12 +345,9 @@ def init_ray(address: str | None = None) -> None:
                         f"host:port (e.g. 10.0.0.5:6379) of a cluster that runs Ray {ray.__version__}") from None
 
 
-def fit(cfg: RaykdConfig, mode: str, name: str | None = None, study: Study | None = None) -> ray.train.Result:
-    """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer."""
-    if study is None:
-        from raykd.study.prepare import prepare_study
-
-        study, _ = prepare_study(cfg, mode)
+def fit(cfg: RaykdConfig, mode: str, study: Study, name: str | None = None) -> ray.train.Result:
+    """One run (``cli.py train`` / ``finetune``) through a real TorchTrainer, on a study the caller
+    prepared (:func:`raykd.prepare.prepare_study`)."""
     trainer = build_trainer(RunSpec.of(cfg, mode, study), name or storage.ExperimentPaths.of(cfg, mode).name)
     return trainer.fit()
 

@@ -1,7 +1,8 @@
 """Study preparation, on the driver, before any run: the teacher (fine-tuned by raykd first when
 only a base is given), the task's features and, for cached distillation, the teacher's logits,
-all cached by fingerprint (:mod:`raykd.teacher_cache`) and, with a cloud storage_path, published
-once (:mod:`raykd.study_store`). The teacher's logits run as a Ray task on a GPU when the cluster
+all cached by fingerprint (:mod:`raykd.study.cache`) and, with a cloud storage_path, published
+once (:mod:`raykd.study.store`). It sits above :mod:`raykd.training` (the teacher is fine-tuned by
+an ordinary run) and below the search, which prepares one study per architecture. The teacher's logits run as a Ray task on a GPU when the cluster
 has one (the cache's remote task); nothing else here touches Ray.
 """
 
@@ -106,7 +107,9 @@ def ensure_teacher(cfg: RaykdConfig, place: study_store.Place) -> str | None:
     print(f"[raykd] no teacher yet: fine-tuning {ft.base} on the training data -> {target}", flush=True)
     from raykd.training import trainer as train  # the teacher is made by an ordinary fine-tuning run
 
-    result = train.fit(ft_cfg, FINETUNE, name=f"teacher-{key}")
+    # A fine-tuning study has no teacher, so this does not come back here.
+    ft_study, _ = prepare_study(ft_cfg, FINETUNE)
+    result = train.fit(ft_cfg, FINETUNE, ft_study, name=f"teacher-{key}")
     metric = objective.metric(ft_cfg)
     best = train.best_checkpoint(result, metric)
     # Copied under a temporary name and renamed: a teacher folder is whole or absent.
