@@ -327,6 +327,7 @@ def _run_search(tracker, parent: str | None, spec: _SearchSpec, study, the_plan,
 
 def _register(tracker, parent: str, summary: dict[str, Any], spec: _SearchSpec, study) -> dict[str, Any]:
     """The study run finished in MLflow: the best student (or the front) logged and registered."""
+    from raykd import storage
     from raykd.search import searchers
 
     cfg = spec.cfg
@@ -340,5 +341,5 @@ def _register(tracker, parent: str, summary: dict[str, Any], spec: _SearchSpec, 
     teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher
     return tracker.finish_study(
         parent, summary, won, teacher, spaces.searched_keys(spec.params),
-        optuna_study=searchers.load_optuna_study(cfg, summary["experiment_path"]), config_of=config_of,
+        optuna_study=searchers.load_optuna_study(storage.ExperimentPaths.of(cfg)), config_of=config_of,
         export_onnx=onnx_export.export_for_registry)

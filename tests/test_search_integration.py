@@ -16,8 +16,7 @@ import yaml
 from raykd import run
 from raykd.config import load_config
 from raykd.search.plan import max_concurrent
-from raykd.search.summary import SUMMARY
-from raykd.search.tuner import TRAIN_RUNS
+from raykd.storage import SUMMARY, TRAIN_RUNS
 from raykd.tasks.qa.metrics import METRIC
 
 pytestmark = pytest.mark.integration

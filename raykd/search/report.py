@@ -12,10 +12,9 @@ from ray import tune
 from ray.experimental.tqdm_ray import safe_print
 from ray.tune.experiment import Trial
 
-from raykd import compat
+from raykd import compat, storage
 from raykd.config import COSTS
 from raykd.search.plan import Plan
-from raykd.search.summary import SUMMARY
 
 
 class ProgressTable(tune.CLIReporter):
@@ -161,4 +160,4 @@ def print_outcome(summary: dict[str, Any], the_plan: Plan, searched: list[str], 
     if logged.get("alias_removed"):
         print(f"[raykd] alias removed: models:/{registered_name}@{logged['alias_removed']} pointed at an earlier "
               "search's student, and no student of this search was registered within the budget")
-    print(f"summary: {summary['experiment_path']}/{SUMMARY}")
+    print(f"summary: {storage.join(summary['experiment_path'], storage.SUMMARY)}")

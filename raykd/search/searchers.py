@@ -14,12 +14,13 @@ import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher
 
-from raykd import spaces
-from raykd.config import DISTILL, RaykdConfig, with_values
+from raykd import config, spaces, storage
+from raykd.config import DISTILL, RaykdConfig
 from raykd.objective import MODE
 from raykd.prepare import prepare_study
 from raykd.search.plan import Plan
 from raykd.search.schedulers import stopped_at, unseen_rounds
+from raykd.study.runspec import Study
 
 
 class TruthfulOptunaSearch(Searcher):
@@ -197,40 +198,42 @@ class StudyBroker:
     methods run one at a time, so two trials that need the same study never build it twice (the
     second waits and reuses it)."""
 
-    def __init__(self, base: dict[str, Any], need_logits: bool, known: dict[str, dict[str, Any]]):
+    def __init__(self, base: RaykdConfig, need_logits: bool, known: dict[str, Study]):
         self.base = base
         self.need_logits = need_logits
         self.studies = dict(known)
 
-    def get(self, values: dict[str, Any]) -> dict[str, Any]:
+    def get(self, values: dict[str, Any]) -> Study:
         key = json.dumps(values, sort_keys=True, default=str)
         if key not in self.studies:
-            cfg = with_values(RaykdConfig.from_dict(self.base), values)
+            # Not validated here: the asking trial validated its whole config, these values included.
+            cfg = config.replace(self.base, values)
             study, info = prepare_study(cfg, DISTILL, need_logits=self.need_logits)
             print(f"[raykd] study for {key}: features {'built' if info['features_built'] else 'reused'}, "
                   f"teacher logits {'computed' if info['teacher_logits_computed'] else 'reused or not needed'}",
                   flush=True)
-            self.studies[key] = study.__dict__
+            self.studies[key] = study
         return self.studies[key]
 
 
-def optuna_storage(experiment_path: str) -> optuna.storages.BaseStorage | None:
+def optuna_storage(paths: storage.ExperimentPaths) -> optuna.storages.BaseStorage | None:
     """The Optuna study lives beside the experiment (sqlite) when storage is local, so it can be
     inspected after the search (optuna-dashboard, ``optuna.load_study``); in memory otherwise."""
-    if "://" in experiment_path:
+    if paths.optuna_db is None:
         return None
-    Path(experiment_path).mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{experiment_path}/optuna.db")
+    Path(paths.experiment).mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(f"sqlite:///{paths.optuna_db}")
 
 
-def load_optuna_study(cfg: RaykdConfig, experiment_path: str) -> optuna.Study | None:
-    storage = optuna_storage(experiment_path)
-    return None if storage is None else optuna.load_study(study_name=cfg.search.name, storage=storage)
+def load_optuna_study(paths: storage.ExperimentPaths) -> optuna.Study | None:
+    """The search's Optuna study (named after the search), or None when it was kept in memory."""
+    db = optuna_storage(paths)
+    return None if db is None else optuna.load_study(study_name=paths.name, storage=db)
 
 
-def optuna_trials(cfg: RaykdConfig, experiment_path: str) -> list[dict[str, Any]]:
+def optuna_trials(paths: storage.ExperimentPaths) -> list[dict[str, Any]]:
     """What Optuna's study holds: per trial its state, value and intermediate values by round."""
-    study = load_optuna_study(cfg, experiment_path)
+    study = load_optuna_study(paths)
     if study is None:
         return []
     return [

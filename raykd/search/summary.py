@@ -18,8 +18,6 @@ from raykd.search.plan import Plan
 from raykd.serving import pareto
 from raykd.training.checkpoints import META_FILE
 
-SUMMARY = "summary.json"  # in the experiment's folder; written when a search finishes
-
 
 def prune_checkpoints(runs_path: str, keep: int, by: str, stopped: dict[str, int] | None = None) -> None:
     """Leave each trial its best ``keep`` checkpoints by ``by`` (the objective, or ``round``: the latest). Train keeps the latest one too

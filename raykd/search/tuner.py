@@ -26,23 +26,21 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from raykd import compat, errors, spaces, storage
-from raykd.config import DISTILL, RaykdConfig, storage_root, with_values
+from raykd import compat, config, errors, spaces, storage
+from raykd.config import DISTILL, RaykdConfig, with_values
 from raykd.errors import TrialFailed, UserError
 from raykd.objective import MODE
 from raykd.search.plan import DRIVER_CPU, Plan, max_concurrent
 from raykd.search.report import ProgressTable, RoundLines
 from raykd.search.schedulers import STOPPED, all_stopped, make_scheduler, stopped_at
 from raykd.search.searchers import StudyBroker, make_searcher, optuna_storage, optuna_trials
-from raykd.search.summary import SUMMARY, prune_checkpoints, summarize
+from raykd.search.summary import prune_checkpoints, summarize
 from raykd.serving import architectures
 from raykd.study.runspec import RunSpec, Study
 from raykd.training import trainer as train
 
-TRAIN_RUNS = "train_runs"
 
-
-def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str, Any], runs_path: str,
+def _trial_driver(values: dict[str, Any], base: RaykdConfig, study: Study, runs_path: str,
                   rounds: int, keep_by: str, study_keys: list[str], broker=None,
                   costs: dict[str, dict[str, float]] | None = None, stopped_uri: str | None = None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
@@ -57,9 +55,10 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
         print(f"[raykd] trial {trial_id} was stopped by ASHA after round {stopped} before the interruption: "
               "not trained further", flush=True)
         return
-    cfg = with_values(RaykdConfig.from_dict(base), config)
+    # The one check of this trial's config: the base was validated when it loaded.
+    cfg = config.validate(config.replace(base, values))
     if study_keys:
-        study = ray.get(broker.get.remote({k: config[k] for k in study_keys}))
+        study = ray.get(broker.get.remote({k: values[k] for k in study_keys}))
     mine = None
     if costs:
         mine = costs.get(architectures.key_of(architectures.of_config(cfg)))
@@ -67,7 +66,7 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
             raise TrialFailed(f"architecture {architectures.describe(architectures.of_config(cfg))} was not "
                               "measured before the search")
     trainer = train.build_trainer(
-        RunSpec.of(cfg, DISTILL, Study(**study), eval_rounds=rounds, costs=mine), name=trial_id,
+        RunSpec.of(cfg, DISTILL, study, eval_rounds=rounds, costs=mine), name=trial_id,
         storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
     )
     try:
@@ -82,7 +81,7 @@ def _trial_driver(config: dict[str, Any], base: dict[str, Any], study: dict[str,
 @dataclass
 class SearchSetup:
     tuner: tune.Tuner
-    experiment_path: str
+    paths: storage.ExperimentPaths
 
 
 def shown_keys(params: list[spaces.Param]) -> list[str]:
@@ -102,17 +101,18 @@ def _broker(cfg: RaykdConfig, study: Study, params: list[spaces.Param], keys: li
     base_key = json.dumps({k: spaces.values_of([], cfg, k)[0] for k in keys}, sort_keys=True, default=str)
     return ray.remote(num_cpus=0)(StudyBroker).options(
         scheduling_strategy=ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(here, soft=False),
-    ).remote(broker_base.to_dict(), spaces.may_use_teacher_logits(cfg, params), {base_key: study.__dict__})
+    ).remote(broker_base, spaces.may_use_teacher_logits(cfg, params), {base_key: study})
 
 
-def _trainable(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan: Plan, experiment_path: str):
+def _trainable(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan: Plan,
+               paths: storage.ExperimentPaths):
     keys = spaces.study_keys(params)
     return tune.with_resources(
-        tune.with_parameters(_trial_driver, base=cfg.to_dict(), study=study.__dict__,
-                             runs_path=f"{experiment_path}/{TRAIN_RUNS}", rounds=the_plan.rounds,
+        tune.with_parameters(_trial_driver, base=cfg, study=study,
+                             runs_path=paths.runs, rounds=the_plan.rounds,
                              keep_by=the_plan.keep_by, study_keys=keys,
                              broker=_broker(cfg, study, params, keys) if keys else None,
-                             costs=the_plan.costs or None, stopped_uri=f"{experiment_path}/{STOPPED}"),
+                             costs=the_plan.costs or None, stopped_uri=storage.join(paths.experiment, STOPPED)),
         {"CPU": DRIVER_CPU},
     )
 
@@ -120,9 +120,9 @@ def _trainable(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_p
 def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan: Plan,
            callbacks: list, resume: bool) -> SearchSetup:
     s = cfg.search
-    root = storage_root(cfg)
-    experiment_path = storage.join(root, s.name)
-    trainable = _trainable(cfg, study, params, the_plan, experiment_path)
+    paths = storage.ExperimentPaths.of(cfg)
+    experiment_path = paths.experiment
+    trainable = _trainable(cfg, study, params, the_plan, paths)
     # Tune's newer console output ignores a progress reporter (ProgressTable); the classic one,
     # chosen by this variable when fit() starts, takes its columns.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
@@ -135,23 +135,23 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
         # interruption left unfinished.
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
-        return SearchSetup(tuner, experiment_path)
-    stopped_uri = f"{experiment_path}/{STOPPED}"
+        return SearchSetup(tuner, paths)
+    stopped_uri = storage.join(experiment_path, STOPPED)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=the_plan.metric, mode=MODE, num_samples=s.num_samples,
-            search_alg=make_searcher(cfg, params, the_plan, optuna_storage(experiment_path), stopped_uri),
+            search_alg=make_searcher(cfg, params, the_plan, optuna_storage(paths), stopped_uri),
             scheduler=make_scheduler(the_plan, experiment_path, stopped_uri, s.reduction_factor,
                                      architectures.KeyOf(architectures.of_config(cfg))),
             max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
         ),
         run_config=tune.RunConfig(
-            name=s.name, storage_path=root, callbacks=[RoundLines(the_plan.rounds, the_plan.scores), *callbacks],
+            name=s.name, storage_path=paths.root, callbacks=[RoundLines(the_plan.rounds, the_plan.scores), *callbacks],
             verbose=1, progress_reporter=ProgressTable(
                 shown_keys(params), the_plan.scores + ([("latency_ms", "ms")] if the_plan.costs else []))),
     )
-    return SearchSetup(tuner, experiment_path)
+    return SearchSetup(tuner, paths)
 
 
 def run_search(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan: Plan,
@@ -161,15 +161,16 @@ def run_search(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_p
     setup = _tuner(cfg, study, params, the_plan, callbacks or [], resume)
     with _hangup_is_ctrl_c():
         grid = setup.tuner.fit()
-    statuses = _saved_statuses(setup.experiment_path, grid)
+    paths = setup.paths
+    statuses = _saved_statuses(paths.experiment, grid)
     interrupted = any(st not in ("TERMINATED", "ERROR") for st in statuses.values()) \
         or len(grid) < cfg.search.num_samples
     # Summarize before pruning: a trial resumed by --resume finds its earlier rounds in its latest
     # checkpoint, which pruning may remove.
     # Trials ASHA stopped, with their round: after a hard kill a stopped trial's Train run can hold
     # rounds past it (reported while Tune was stopping it); they are not part of the search.
-    stopped = all_stopped(f"{setup.experiment_path}/{STOPPED}")
-    runs_path = f"{setup.experiment_path}/{TRAIN_RUNS}"
+    stopped = all_stopped(storage.join(paths.experiment, STOPPED))
+    runs_path = paths.runs
     summary = summarize(grid, shown_keys(params), the_plan, statuses, runs_path=runs_path, stopped=stopped)
     summary["interrupted"] = interrupted
     if not interrupted:
@@ -179,13 +180,13 @@ def run_search(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_p
     # Ray reports checkpoint paths inside their filesystem (``bucket/key`` on S3): give them back
     # their scheme so the summary's paths open as they are.
     for row in summary["trials"]:
-        row["checkpoint_path"] = storage.as_uri(row["checkpoint_path"], setup.experiment_path)
-    summary["experiment_path"] = setup.experiment_path
-    summary["optuna_trials"] = optuna_trials(cfg, setup.experiment_path)
+        row["checkpoint_path"] = storage.as_uri(row["checkpoint_path"], paths.experiment)
+    summary["experiment_path"] = paths.experiment
+    summary["optuna_trials"] = optuna_trials(paths)
     # summary.json marks a finished search (benchmarks and the registry read it as final); an
     # interrupted one is reported on the console and continued with --resume.
     if not interrupted:
-        storage.write_text(storage.join(setup.experiment_path, SUMMARY), json.dumps(summary, indent=2, default=str))
+        storage.write_text(paths.summary, json.dumps(summary, indent=2, default=str))
     return summary
 
 
