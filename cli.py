@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 import traceback
+from pathlib import Path
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -142,15 +143,21 @@ def _load(args):
     cfg = load_config(args.config, overrides)
     # Before Ray and the libraries are imported: their loggers bind to the streams it installs.
     from raykd import console
-    from raykd.config import run_name
 
-    if args.command == "prepare":  # no experiment folder (one would stop a later search's preflight)
-        relative = f"logs/{cfg.search.name}-prepare.log"
-    else:
-        mode = {"train": "distill", "finetune": "finetune"}.get(args.command)
-        relative = f"{run_name(cfg, mode)}/logs/{args.command}.log"
-    console.install(console.log_path(cfg.search.storage_path, relative), verbose=args.verbose)
+    console.install(log_file(cfg, args.command), verbose=args.verbose)
     return cfg
+
+
+def log_file(cfg, command: str) -> Path:
+    """The command's log: ``<experiment>/logs/<command>.log``; ``prepare``'s, which has no
+    experiment folder (one would stop a later search's preflight): ``<root>/logs/<name>-prepare.log``
+    (under ``./raykd_logs`` when storage is remote)."""
+    from raykd import storage
+
+    paths = storage.ExperimentPaths.of(cfg, {"train": "distill", "finetune": "finetune"}.get(command))
+    if command == "prepare":
+        return paths.local / storage.LOGS / f"{paths.name}-prepare.log"
+    return paths.logs / f"{command}.log"
 
 
 def cmd_run(args, mode: str) -> int:

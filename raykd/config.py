@@ -600,26 +600,6 @@ def check_search_plan(cfg: RaykdConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Where a run's files go (pure paths; the same on every node)
-
-
-# These three read storage.ExperimentPaths, which is where the places are spelled; callers move to it.
-
-
-def storage_root(cfg: RaykdConfig) -> str:
-    return storage.ExperimentPaths.of(cfg).root
-
-
-def run_name(cfg: RaykdConfig, mode: str | None = None) -> str:
-    """The folder under storage_root of a search (``mode`` None) or of a single train/finetune run."""
-    return storage.ExperimentPaths.of(cfg, mode).name
-
-
-def experiment_path(cfg: RaykdConfig, mode: str | None = None) -> str:
-    return storage.ExperimentPaths.of(cfg, mode).experiment
-
-
-# ---------------------------------------------------------------------------------------------
 # Loading
 
 

@@ -44,14 +44,6 @@ _QUIET_ENV = {
 }
 
 
-def log_path(storage_path: str, relative: str) -> Path:
-    """``<storage_path>/<relative>``; with a cloud storage path (no local folder to write to),
-    ``./raykd_logs/<relative>``."""
-    if "://" in storage_path:
-        return Path("raykd_logs").resolve() / relative
-    return Path(storage_path).expanduser().resolve() / relative
-
-
 def shown(line: str) -> str | None:
     """The line as the quiet terminal shows it, or None when it goes to the log file only."""
     m = _FORWARDED.match(line)

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from raykd import objective, preflight, spaces
-from raykd.config import DISTILL, RaykdConfig, experiment_path, storage_root, with_values
+from raykd import objective, preflight, spaces, storage
+from raykd.config import DISTILL, RaykdConfig, with_values
 from raykd.serving import architectures, onnx_export
 
 # The order of every command: config and space checks (on load), preflight (files, models,
@@ -47,10 +47,10 @@ def _start(cfg: RaykdConfig, mode: str | None, address: str | None, overwrite: b
 
     train.init_ray(address)
     train.check_resources(cfg, driver_cpu)
-    path = experiment_path(cfg, mode)
-    if overwrite and "://" not in path and Path(path).exists():
-        print(f"[raykd] --overwrite: removing {path}", flush=True)
-        shutil.rmtree(path)
+    paths = storage.ExperimentPaths.of(cfg, mode)
+    if overwrite and not paths.remote and Path(paths.experiment).exists():
+        print(f"[raykd] --overwrite: removing {paths.experiment}", flush=True)
+        shutil.rmtree(paths.experiment)
     # After the removal: the log lives in the experiment folder (what was printed so far is kept).
     _begin()
 
@@ -61,8 +61,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
     cfg = preflight.resolve_data(cfg)
     preflight.check(cfg, mode, overwrite=overwrite)
     tracker = _tracking(cfg, tracking_uri, tracking)
-    from raykd import storage  # ray, torch: after the checks, which then answer in a second
-    from raykd.prepare import prepare_study
+    from raykd.prepare import prepare_study  # ray, torch: after the checks, which then answer in a second
     from raykd.training import trainer as train
 
     _start(cfg, mode, address, overwrite)
@@ -91,7 +90,7 @@ def single_run(cfg: RaykdConfig, mode: str, address: str | None = None, tracking
         **{key: best.get(key) for key, _ in objective.scores(cfg)},
         "best_round": best.get("round"),
         "rounds": (result.metrics or {}).get("round"),
-        "checkpoint": storage.as_uri(checkpoint.path, storage_root(cfg)),
+        "checkpoint": storage.as_uri(checkpoint.path, storage.ExperimentPaths.of(cfg, mode).root),
         "teacher": study.teacher,
         "prepared": info,
         "mlflow": logged,
@@ -229,8 +228,6 @@ def _search_spec(cfg: RaykdConfig, resume: bool, overwrite: bool) -> _SearchSpec
         resume_check.check(cfg)  # a changed setting (a teacher, a data path) is refused before Ray starts
     if not objective.needs_costs(cfg):
         return _SearchSpec(cfg, params)
-    from raykd.serving import onnx_export
-
     architectures.check_space(params, cfg.source)
     onnx_export.require_onnx()  # latency is measured in ONNX Runtime
     return _SearchSpec(cfg, params, architectures.all_of(params, cfg))
@@ -295,11 +292,9 @@ def _study_run(tracker, spec: _SearchSpec, tracking_uri: str | None, resume: boo
     the callback that logs each trial under it; (None, []) without tracking."""
     if not tracker:
         return None, []
-    from raykd import storage
-
     cfg = spec.cfg
     uri = tracker.resolve_uri(cfg, tracking_uri)
-    parent_file = storage.join(storage_root(cfg), cfg.search.name, "mlflow_study_run_id")
+    parent_file = storage.join(storage.ExperimentPaths.of(cfg).experiment, "mlflow_study_run_id")
     saved = storage.read_text(parent_file) if resume else None
     if saved:
         parent = saved.strip()
@@ -327,7 +322,6 @@ def _run_search(tracker, parent: str | None, spec: _SearchSpec, study, the_plan,
 
 def _register(tracker, parent: str, summary: dict[str, Any], spec: _SearchSpec, study) -> dict[str, Any]:
     """The study run finished in MLflow: the best student (or the front) logged and registered."""
-    from raykd import storage
     from raykd.search import searchers
 
     cfg = spec.cfg

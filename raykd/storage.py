@@ -200,12 +200,16 @@ class ExperimentPaths:
         return None if self.remote else join(self.experiment, OPTUNA_DB)
 
     @property
+    def local(self) -> Path:
+        """Where this machine writes the files it keeps for itself (logs): the root, or
+        ``./raykd_logs`` when storage is remote (nowhere local to write there)."""
+        return Path(LOCAL_LOGS).resolve() if self.remote else Path(self.root)
+
+    @property
     def logs(self) -> Path:
         """The console's log folder: in the experiment, or ``./raykd_logs/<name>/logs`` when
         storage is remote."""
-        if self.remote:
-            return Path(LOCAL_LOGS).resolve() / self.name / LOGS
-        return Path(self.experiment) / LOGS
+        return self.local / self.name / LOGS
 
     @property
     def cache(self) -> str:

@@ -52,6 +52,22 @@ def test_search_help_documents_every_flag(tmp_path):
         assert flag in out
 
 
+def test_each_command_logs_where_its_experiment_is(tmp_path, monkeypatch):
+    import cli as cli_module
+    from raykd.config import RaykdConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = RaykdConfig().replace(**{"search.storage_path": "res", "search.name": "exp"})
+    res = tmp_path / "res"
+    assert cli_module.log_file(cfg, "search") == res / "exp" / "logs" / "search.log"
+    assert cli_module.log_file(cfg, "train") == res / "exp-distill" / "logs" / "train.log"
+    assert cli_module.log_file(cfg, "finetune") == res / "exp-finetune" / "logs" / "finetune.log"
+    assert cli_module.log_file(cfg, "prepare") == res / "logs" / "exp-prepare.log"  # no experiment folder
+    remote = cfg.replace(**{"search.storage_path": "s3://b/x"})
+    assert cli_module.log_file(remote, "search") == tmp_path / "raykd_logs" / "exp" / "logs" / "search.log"
+    assert cli_module.log_file(remote, "prepare") == tmp_path / "raykd_logs" / "logs" / "exp-prepare.log"
+
+
 def test_bad_config_key_exits_2_naming_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("distill:\n  temprature: 3\n")

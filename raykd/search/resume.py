@@ -26,7 +26,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from raykd import storage
-from raykd.config import RaykdConfig, flat_settings, storage_root
+from raykd.config import RaykdConfig, flat_settings
 from raykd.errors import UserError
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def study_record(study: Study) -> dict[str, Any]:
 
 
 def _record_file(cfg: RaykdConfig) -> str:
-    return storage.join(storage_root(cfg), cfg.search.name, RECORD_FILE)
+    return storage.join(storage.ExperimentPaths.of(cfg).experiment, RECORD_FILE)
 
 
 def record(cfg: RaykdConfig, plan: dict[str, Any], study: dict[str, Any]) -> None:

@@ -324,7 +324,7 @@ def make_scheduler(the_plan: Plan, experiment_path: str, stopped_uri: str, reduc
     # shuts its workers down cleanly) instead of being killed by ASHA at max_t, which leaves
     # its placement group to Train's asynchronous cleaner.
     def asha(state_file: str) -> ResumableASHA:
-        return ResumableASHA(f"{experiment_path}/{state_file}", stopped_uri, trial_score=the_plan.trial_score,
+        return ResumableASHA(storage.join(experiment_path, state_file), stopped_uri, trial_score=the_plan.trial_score,
                              time_attr="round", max_t=the_plan.rounds + 1, grace_period=the_plan.grace,
                              reduction_factor=reduction_factor)
 
