@@ -591,10 +591,16 @@ def known_rounds(cfg: RaykdConfig) -> int | None:
 
 def check_search_plan(cfg: RaykdConfig) -> None:
     """A grace period past the last round stops nothing and is a mistake: refused as soon as the
-    rounds are known from the config (otherwise once the features are counted)."""
-    s = cfg.search
+    rounds are known from the config (otherwise once the features are counted, by the search's plan)."""
     rounds = known_rounds(cfg)
-    if s.scheduler == "asha" and s.grace_period is not None and rounds is not None and s.grace_period > rounds:
+    if rounds is not None:
+        check_grace_period(cfg, rounds)
+
+
+def check_grace_period(cfg: RaykdConfig, rounds: int) -> None:
+    """ASHA's grace period must lie within the ``rounds`` every trial runs."""
+    s = cfg.search
+    if s.scheduler == "asha" and s.grace_period is not None and s.grace_period > rounds:
         raise ConfigError(f"{_where(cfg.source, 'search.grace_period')}: {s.grace_period} is past the last of the "
                           f"{rounds} rounds every trial runs; lower it or set search.scheduler: fifo")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from raykd import spaces
-from raykd.config import RaykdConfig, load_config
+from raykd.config import ConfigError, RaykdConfig, load_config
 from raykd.search import plan as planning
 from raykd.search import searchers
 from raykd.search import summary as summaries
@@ -120,8 +120,13 @@ def test_explicit_grace_wins_with_a_warning_inside_warmup():
     said = []
     p = planning.plan(_cfg({"rounds": 8, "grace_period": 1}, {"warmup_ratio": 0.3}), [], 1000, warn=said.append)
     assert p.grace == 1 and said and "warm-up" in said[0]
-    with pytest.raises(spaces.SpaceError, match="grace_period"):
+    with pytest.raises(ConfigError, match="s.yaml: search.grace_period: 5 is past the last of the 4 rounds"):
         planning.plan(_cfg({"rounds": 4, "grace_period": 5}), [], 1000)
+    # Rounds that only the features decide (2 epochs x 10 steps / 5): refused once they are counted.
+    with pytest.raises(ConfigError, match="search.grace_period: 30 is past the last of the 4 rounds"):
+        planning.plan(_cfg({"grace_period": 30}, {"num_epochs": 2, "batch_size": 10, "eval_every_steps": 5}), [], 100)
+    # Without ASHA a grace period stops nothing and is left alone, as the config's check leaves it.
+    assert planning.plan(_cfg({"rounds": 4, "grace_period": 5, "scheduler": "fifo"}), [], 1000).grace is None
 
 
 def test_no_rung_before_the_last_round_means_no_early_stopping():

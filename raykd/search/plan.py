@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from raykd import objective, spaces
-from raykd.config import RaykdConfig, with_values
+from raykd.config import RaykdConfig, check_grace_period, replace
 from raykd.errors import UserError
 from raykd.training import trainer as train
 from raykd.training.schedule import check_accumulation, expected_rounds
@@ -55,16 +55,14 @@ def plan(cfg: RaykdConfig, params: list[spaces.Param], n_train_features: int, wa
     s = cfg.search
     # The corner of the space with the fewest batches per epoch and the longest accumulation:
     # a trial there whose optimizer step needs more than an epoch is refused before any trial runs.
+    # Not validated again: each of these values was, with the space's corners (spaces.check_corners).
     worst = {k: int(spaces.largest(params, cfg, k))
              for k in ("optim.grad_accum_steps", "optim.batch_size", "scaling.num_workers")}
-    check_accumulation(with_values(cfg, worst), n_train_features)
+    check_accumulation(replace(cfg, worst), n_train_features)
     rounds = s.rounds or expected_rounds(cfg, n_train_features)
     warm = spaces.largest(params, cfg, "optim.warmup_ratio")
     if s.grace_period is not None:
-        if s.grace_period > rounds:
-            raise spaces.SpaceError(f"{cfg.source or 'config'}: search.grace_period ({s.grace_period}) is "
-                                    f"past the last of the {rounds} rounds every trial runs; lower it or "
-                                    "set search.scheduler: fifo")
+        check_grace_period(cfg, rounds)  # the config's own check, now that the rounds are counted
         grace = s.grace_period
         if grace < warm * rounds:
             warn(f"[raykd] warning: search.grace_period {grace} compares trials at {grace}/{rounds} of their "
