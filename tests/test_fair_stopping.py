@@ -6,11 +6,12 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from raykd.search.schedulers import ArchitectureOf, PerArchitectureScheduler, key_of_values
+from raykd.search.schedulers import PerArchitectureScheduler
+from raykd.serving.architectures import KeyOf, key_of
 
-ARCH = ArchitectureOf(["models.init_from_teacher_layers"])
-SMALL = key_of_values({"models.init_from_teacher_layers": [0, 5]})
-LARGE = key_of_values({"models.init_from_teacher_layers": [0, 1, 2, 3, 4, 5]})
+ARCH = KeyOf({})
+SMALL = key_of({"models.init_from_teacher_layers": [0, 5]})
+LARGE = key_of({"models.init_from_teacher_layers": [0, 1, 2, 3, 4, 5]})
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 
 
@@ -141,11 +142,10 @@ def test_state_survives_pickling_as_tune_saves_it():
     assert "[" in restored.debug_string()
 
 
-def test_architecture_of_reads_dotted_keys_and_canonicalises():
-    arch = ArchitectureOf(["models.student", "models.init_from_teacher_layers"])
+def test_architecture_key_reads_dotted_keys_and_canonicalises():
+    arch = KeyOf({"models.student": "base"})
     a = arch({"models.init_from_teacher_layers": [0, 2], "models.student": "m", "optim.learning_rate": 1})
     b = arch({"models.student": "m", "models.init_from_teacher_layers": [0, 2], "optim.learning_rate": 2})
-    assert a == b
+    assert a == b == key_of({"models.student": "m", "models.init_from_teacher_layers": [0, 2]})
     assert arch({"models.student": "m"}) != a  # missing layers: None, another architecture
-    with pytest.raises(ValueError):
-        ArchitectureOf([])
+    assert arch({"models.init_from_teacher_layers": [0, 2]}) != a  # the base's student, another one

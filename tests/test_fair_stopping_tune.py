@@ -9,7 +9,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from raykd.search.schedulers import PerArchitectureScheduler, key_of_values
+from raykd.search.schedulers import PerArchitectureScheduler
+from raykd.serving.architectures import key_of
 
 pytestmark = pytest.mark.integration
 LAYERS = "models.init_from_teacher_layers"
@@ -29,7 +30,7 @@ class LayersOfCase:
     """The architecture key of this test's trials (a module-level class: Tune pickles the scheduler)."""
 
     def __call__(self, config):
-        return key_of_values({LAYERS: config["case"][0]})
+        return key_of({LAYERS: config["case"][0]})
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_small_students_are_judged_among_themselves(ray_local, tmp_path):
     assert all(plain[(2, q)] == 1 for q in (3.0, 2.0, 1.0)), plain
 
     fair = run(PerArchitectureScheduler(LayersOfCase(), lambda key: asha(),
-                                        [key_of_values({LAYERS: LARGE}), key_of_values({LAYERS: SMALL})]),
+                                        [key_of({LAYERS: LARGE}), key_of({LAYERS: SMALL})]),
                tmp_path / "fair")
     # Per architecture: the first small student runs its whole schedule, as the first large one does.
     assert fair[(2, 3.0)] == ROUNDS and fair[(6, 3.0)] == ROUNDS, fair

@@ -16,12 +16,13 @@ from raykd.errors import UserError
 from raykd.search import plan as planning
 from raykd.search import resume, schedulers
 from raykd.search import summary as summaries
-from raykd.search.schedulers import ArchitectureOf, PerArchitectureScheduler, key_of_values
+from raykd.search.schedulers import PerArchitectureScheduler
+from raykd.serving.architectures import KeyOf, key_of
 from raykd.training.checkpoints import META_FILE
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
-ARCH = ArchitectureOf(["models.init_from_teacher_layers"])
-KEY = key_of_values({"models.init_from_teacher_layers": [0, 2]})
+ARCH = KeyOf({})
+KEY = key_of({"models.init_from_teacher_layers": [0, 2]})
 
 
 def trial(trial_id):

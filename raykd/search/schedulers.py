@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -40,32 +40,12 @@ from raykd import objective, storage
 from raykd.search.plan import Plan
 
 
-class ArchitectureOf:
-    """A trial's architecture key from its config: the values of the keys that choose the
-    student's architecture (e.g. ``models.student`` and ``models.init_from_teacher_layers``),
-    as canonical JSON. Missing keys count as None (the base config's value is the same for all
-    trials). A picklable callable, so the scheduler holding it can be saved with the search."""
-
-    def __init__(self, keys: Sequence[str]):
-        if not keys:
-            raise ValueError("ArchitectureOf needs at least one config key")
-        self.keys = tuple(keys)
-
-    def __call__(self, config: Mapping[str, Any]) -> str:
-        return key_of_values({k: config.get(k) for k in self.keys})
-
-
-def key_of_values(values: Mapping[str, Any]) -> str:
-    """The architecture key of a set of architecture-choosing values (canonical JSON)."""
-    return json.dumps(dict(values), sort_keys=True, default=str)
-
-
 class PerArchitectureScheduler(TrialScheduler):
     """A scheduler that routes each trial to the scheduler of its architecture key.
 
     ``make(key)`` builds one sub-scheduler per key in ``keys`` (e.g.
     ``lambda k: ASHAScheduler(time_attr="round", max_t=R + 1, grace_period=g)``); ``key_of(config)``
-    maps a trial's config to its key. Tune's ``metric``/``mode`` reach every sub-scheduler.
+    maps a trial's config to its key (:class:`raykd.serving.architectures.KeyOf` in a search). Tune's ``metric``/``mode`` reach every sub-scheduler.
     Decisions (CONTINUE/STOP) are the sub-scheduler's; which pending trial runs next is FIFO, as
     in ASHA.
     """

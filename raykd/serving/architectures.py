@@ -29,8 +29,8 @@ SOURCE_KEYS = ("models.teacher",)
 
 
 def key_of(values: Mapping[str, Any]) -> str:
-    """An architecture's key: its :data:`KEYS` values as canonical JSON (what
-    :class:`raykd.fair_stopping.ArchitectureOf` computes from a trial's config)."""
+    """An architecture's key: its :data:`KEYS` values as canonical JSON (a missing one counts as
+    None); :class:`KeyOf` computes it from a trial's config."""
     return json.dumps({k: values.get(k) for k in KEYS}, sort_keys=True, default=str)
 
 

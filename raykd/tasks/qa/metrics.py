@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 METRIC = "eval_f1"
-MODE = "max"
 SQUAD_MODULE = str(Path(__file__).parent / "squad_v1" / "squad_v1.py")
 
 
