@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd import objective, preflight, spaces, storage
-from raykd.config import DISTILL, RaykdConfig, with_values
+from raykd.config import DISTILL, RaykdConfig, replace, with_values
 from raykd.serving import architectures, onnx_export
 
 # The order of every command: config and space checks (on load), preflight (files, models,
@@ -327,9 +327,9 @@ def _register(tracker, parent: str, summary: dict[str, Any], spec: _SearchSpec, 
     cfg = spec.cfg
 
     # The registered student answers with the winner's settings (a searched max_length,
-    # doc_stride, n_best, teacher), not the base config's.
+    # doc_stride, n_best, teacher), not the base config's: values its trial validated.
     def config_of(row: dict[str, Any]) -> RaykdConfig:
-        return with_values(cfg, {p.key: row[p.key] for p in spec.params if p.kind != "constant" and p.key in row})
+        return replace(cfg, {p.key: row[p.key] for p in spec.params if p.kind != "constant" and p.key in row})
 
     won = config_of(summary["best"] or {})
     teacher = won.models.teacher if won.models.teacher != cfg.models.teacher else study.teacher

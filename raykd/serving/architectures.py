@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd import spaces
-from raykd.config import RaykdConfig, canonical, with_values
+from raykd.config import RaykdConfig, canonical, replace
 from raykd.errors import UserError
 
 # The config keys that decide a student's architecture.
@@ -154,7 +154,7 @@ def measure(cfg: RaykdConfig, architectures: list[dict[str, Any]], teacher: str,
     task = tasks.get(cfg.task)
     out = {}
     for values in architectures:
-        arch_cfg = with_values(cfg, values)
+        arch_cfg = replace(cfg, values)  # each value was validated with the space's corners
         m = arch_cfg.models
         try:
             config = latency.student_config(m.student, m.init_from_teacher_layers, m.init_from or teacher)
