@@ -160,7 +160,7 @@ class SearchConfig:
     # Early stopping: ASHA on eval rounds, or fifo (every trial runs its whole schedule).
     scheduler: Literal["asha", "fifo"] = "asha"
     # ASHA's first rung, in rounds. None: the first round after warm-up that lies at or past
-    # min_share_before_stop of the training (see search.grace_rounds).
+    # min_share_before_stop of the training (see raykd.search.plan.plan).
     grace_period: int | None = None
     min_share_before_stop: float = 0.5
     reduction_factor: int = 2

@@ -30,11 +30,6 @@ def study_place(cfg: RaykdConfig) -> study_store.Place:
     return study_store.place(storage.ExperimentPaths.of(cfg))
 
 
-def cache_root(cfg: RaykdConfig) -> Path:
-    """Where the driver builds studies (the node-local cache when they are published)."""
-    return study_place(cfg).local
-
-
 def teacher_finetune_config(cfg: RaykdConfig) -> RaykdConfig:
     """The fine-tuning run that makes the teacher when only ``models.teacher_finetune.base`` is
     given: ``cfg``'s settings, the whole base model, and teacher_finetune's epochs, learning rate

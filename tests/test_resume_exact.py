@@ -3,7 +3,9 @@ checkpoint reports the same round-4 metrics as a run never stopped, with dropout
 falling inside an epoch. The real loop runs in Ray Train's local mode (a TorchTrainer with no
 workers runs the training function in this process, without starting Ray)."""
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import ray.train
@@ -15,9 +17,14 @@ from raykd.config import DISTILL, RaykdConfig
 from raykd.prepare import prepare_study
 from raykd.study.runspec import RunSpec
 from raykd.training import loop
-from raykd.training.checkpoints import STATE_FILE, read_meta
+from raykd.training.checkpoints import META_FILE, STATE_FILE
 
 pytestmark = pytest.mark.integration
+
+
+def read_meta(folder):
+    """The metrics (and history) the loop wrote into a checkpoint folder."""
+    return json.loads((Path(folder) / META_FILE).read_text())
 
 
 class _Stopped(Exception):

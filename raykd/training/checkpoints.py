@@ -6,15 +6,7 @@ leaves out) and the loop (what it writes) share them without importing each othe
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 STATE_FILE = "raykd_train_state.pt"  # optimizer, scheduler, step, round, history (torch.save)
 META_FILE = "raykd_metrics.json"  # the round's reported metrics + "history": every round so far
 
 NOT_MODEL_FILES = (STATE_FILE,)  # what a logged or copied model leaves out
-
-
-def read_meta(folder: str | Path) -> dict[str, Any]:
-    return json.loads((Path(folder) / META_FILE).read_text())
