@@ -52,3 +52,14 @@ def test_the_bootstrap_address_lookup_is_where_compat_reads_it():
 
     params = inspect.signature(services.canonicalize_bootstrap_address_or_die).parameters
     assert next(iter(params)) == "addr"
+
+
+def test_the_train_poll_interval_is_the_variable_train_reads_and_propagates():
+    from ray.train.v2._internal import constants
+    from ray.train.v2._internal.execution.controller import controller
+
+    (name, value), = compat.train_env_defaults().items()
+    assert name == constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR
+    assert name in constants.ENV_VARS_TO_PROPAGATE
+    assert "HEALTH_CHECK_INTERVAL_S_ENV_VAR" in inspect.getsource(controller.TrainController.__init__)
+    assert 0 < float(value) < constants.DEFAULT_HEALTH_CHECK_INTERVAL_S

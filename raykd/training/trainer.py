@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "history",
     "init_ray",
     "node_types",
+    "train_env_defaults",
     "worker_resources",
 ]
 
@@ -306,6 +308,14 @@ def _auth_error(named: str) -> UserError:
                      f"the cluster's token (~/.ray/auth_token on the head node) in {token} or in RAY_AUTH_TOKEN")
 
 
+def train_env_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Ray Train's settings raykd wants (:func:`raykd.compat.train_env_defaults`: the controller
+    polls its workers every 0.25 s, not 2 s), where the user has not set them: a value in the
+    environment wins. Set before ``ray.init``, so that a local Ray's processes inherit them."""
+    for key, value in compat.train_env_defaults().items():
+        environ.setdefault(key, value)
+
+
 def init_ray(address: str | None = None) -> None:
     """Join ``address`` (or RAY_ADDRESS), else start a new embedded single-node Ray: never the
     cluster ``ray start`` last recorded on this machine (``ray.init()``'s default), which may be
@@ -319,6 +329,7 @@ def init_ray(address: str | None = None) -> None:
         target = _gcs_address(address, named, local)
         if target:
             _check_answers(target, named, local)
+    train_env_defaults()
     try:
         # The dashboard stays on: ASHA-stopped trials release their placement groups through its
         # state API (without it the next trial waits forever).
