@@ -1,12 +1,14 @@
 """The loop's pieces that need no Ray: fine-tuning as a distillation config, the typed run spec,
-the loop state that reports and checkpoints read, the training data's order and the schedule's
-refusal of an accumulation longer than an epoch."""
+the loop state that reports and checkpoints read, the training data's order, the schedule's
+refusal of an accumulation longer than an epoch and the (fused) AdamW."""
 
 import pytest
+import torch
 
 from raykd.config import DISTILL, FINETUNE, RaykdConfig
 from raykd.errors import UserError
 from raykd.study.runspec import RunSpec, Study
+from raykd.training import loop
 from raykd.training.loop import LoopState, train_loader
 from raykd.training.schedule import check_accumulation, schedule
 
@@ -93,3 +95,27 @@ def test_accumulation_longer_than_an_epoch_is_refused():
         check_accumulation(cfg(6, workers=2), 160)
     with pytest.raises(UserError, match="grad_accum_steps"):
         schedule(cfg(6), 160, 2)  # the loop's own schedule refuses it too
+
+
+def _adamw_after_steps(opt_of, steps: int = 3) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    b = torch.nn.Parameter(torch.zeros(4))
+    opt = opt_of([{"params": [w], "weight_decay": 0.01}, {"params": [b], "weight_decay": 0.0}], 1e-2)
+    for i in range(steps):
+        opt.zero_grad()
+        ((torch.ones(2, 8) * (i + 1)) @ w + b).pow(2).sum().backward()
+        opt.step()
+    return torch.cat([w.detach().flatten(), b.detach()]), opt
+
+
+def test_adamw_is_fused_on_the_cpu_and_updates_as_the_default_one():
+    fused, opt = _adamw_after_steps(loop.adamw)
+    assert all(g["fused"] for g in opt.param_groups)
+    plain, _ = _adamw_after_steps(lambda groups, lr: torch.optim.AdamW(groups, lr=lr))
+    assert torch.allclose(fused, plain, atol=1e-6)
+
+
+def test_adamw_falls_back_where_the_device_has_no_fused_kernel():
+    opt = loop.adamw([{"params": [torch.nn.Parameter(torch.empty(2, device="meta"))]}], 1e-3)
+    assert not any(g["fused"] for g in opt.param_groups)
