@@ -9,7 +9,8 @@ What each module owns:
   Optuna's study is stored;
 - ``schedulers``: ASHA with rungs that survive an interruption and stop markers, one ASHA per
   architecture;
-- ``tuner``: the trial driver, the Tune ``Tuner`` (new or restored) and the search's run;
+- ``trial``: the trial driver (all a trial actor imports) and whether a trial actor is reused;
+- ``tuner``: the Tune ``Tuner`` (new or restored) and the search's run;
 - ``summary``: a trial's score and history, the summary of all trials, pruning checkpoints;
 - ``report``: what the search prints.
 

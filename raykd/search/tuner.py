@@ -24,58 +24,19 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
-from raykd import compat, config, errors, spaces, storage
-from raykd.config import DISTILL, RaykdConfig, with_values
-from raykd.errors import TrialFailed, UserError
+from raykd import compat, spaces, storage
+from raykd.config import RaykdConfig, with_values
+from raykd.errors import UserError
 from raykd.objective import MODE
 from raykd.search.plan import DRIVER_CPU, Plan, max_concurrent
 from raykd.search.report import ProgressTable, RoundLines
-from raykd.search.schedulers import STOPPED, all_stopped, make_scheduler, stopped_at
+from raykd.search.schedulers import STOPPED, all_stopped, make_scheduler
 from raykd.search.searchers import StudyBroker, make_searcher, optuna_storage, optuna_trials
 from raykd.search.summary import prune_checkpoints, summarize
+from raykd.search.trial import _trial_driver, reuse_actors
 from raykd.serving import architectures
-from raykd.study.runspec import RunSpec, Study
-from raykd.training import trainer as train
-
-
-def _trial_driver(values: dict[str, Any], base: RaykdConfig, study: Study, runs_path: str,
-                  rounds: int, keep_by: str, study_keys: list[str], broker=None,
-                  costs: dict[str, dict[str, float]] | None = None, stopped_uri: str | None = None) -> None:
-    """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
-    reports become this trial's Tune results. The Train run is named after the trial, so a
-    resumed trial continues from its own checkpoint. ``costs``: each architecture's measured
-    serving costs (a Pareto search), of which the trial reports its own. A trial ASHA already
-    stopped (a resume after a hard kill whose saved state still had it running) trains nothing:
-    it returns at once, and Tune ends it with the results it had."""
-    trial_id = tune.get_context().get_trial_id()
-    stopped = stopped_at(stopped_uri, trial_id)
-    if stopped is not None:
-        print(f"[raykd] trial {trial_id} was stopped by ASHA after round {stopped} before the interruption: "
-              "not trained further", flush=True)
-        return
-    # The one check of this trial's config: the base was validated when it loaded.
-    cfg = config.validate(config.replace(base, values))
-    if study_keys:
-        study = ray.get(broker.get.remote({k: values[k] for k in study_keys}))
-    mine = None
-    if costs:
-        mine = costs.get(architectures.key_of(architectures.of_config(cfg)))
-        if mine is None:
-            raise TrialFailed(f"architecture {architectures.describe(architectures.of_config(cfg))} was not "
-                              "measured before the search")
-    trainer = train.build_trainer(
-        RunSpec.of(cfg, DISTILL, study, eval_rounds=rounds, costs=mine), name=trial_id,
-        storage_path=runs_path, callbacks=[TuneReportCallback()], keep_by=keep_by,
-    )
-    try:
-        trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        # Train's error carries every worker's traceback; the trial's error says why in one line
-        # (the traceback stays in the Train run's logs).
-        causes = getattr(exc, "worker_failures", None) or {"": exc}
-        raise TrialFailed("; ".join(sorted({errors.reason(e) for e in causes.values()}))) from None
+from raykd.study.runspec import Study
 
 
 @dataclass
@@ -145,6 +106,7 @@ def _tuner(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_plan:
             scheduler=make_scheduler(the_plan, experiment_path, stopped_uri, s.reduction_factor,
                                      architectures.KeyOf(architectures.of_config(cfg))),
             max_concurrent_trials=max_concurrent(cfg, ray.cluster_resources()),
+            reuse_actors=reuse_actors(the_plan),
         ),
         run_config=tune.RunConfig(
             name=s.name, storage_path=paths.root, callbacks=[RoundLines(the_plan.rounds, the_plan.scores), *callbacks],

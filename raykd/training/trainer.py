@@ -1,8 +1,9 @@
 """The TorchTrainer that runs one training run (``cli.py train`` / ``finetune``, a search trial,
 the teacher raykd fine-tunes), on the driver side: the trainer and its checkpoint rules, the
 workers' resources and the check that a cluster can ever hold them, joining Ray, and reading a
-finished run's best checkpoint and metrics. The workers run :mod:`raykd.loop`; studies are
-prepared by :mod:`raykd.prepare`; what a run is, is a :class:`~raykd.study.runspec.RunSpec`.
+finished run's best checkpoint and metrics. The workers run :mod:`raykd.training.loop`, imported
+only there (by :func:`worker_entry`); studies are prepared by :mod:`raykd.prepare`; what a run is,
+is a :class:`~raykd.study.runspec.RunSpec`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from raykd.errors import UserError
 from raykd.objective import MODE
 from raykd.study.runspec import RunSpec, Study
 from raykd.training.checkpoints import META_FILE
-from raykd.training.loop import train_loop_per_worker
 
 __all__ = [
     "DISTILL",
@@ -40,6 +40,7 @@ __all__ = [
     "init_ray",
     "node_types",
     "train_env_defaults",
+    "worker_entry",
     "worker_resources",
 ]
 
@@ -56,7 +57,7 @@ def build_trainer(
     metric = objective.metric(cfg)
     keep_by = keep_by or metric
     return TorchTrainer(
-        train_loop_per_worker,
+        worker_entry,
         # Train wants a dict (it records it as JSON); the run itself is one typed RunSpec.
         train_loop_config={"spec": spec},
         scaling_config=ray.train.ScalingConfig(
@@ -74,6 +75,16 @@ def build_trainer(
             callbacks=callbacks or [],
         ),
     )
+
+
+def worker_entry(config: dict[str, RunSpec]) -> None:
+    """Ray Train's entry point: :func:`raykd.training.loop.train_loop_per_worker`, imported when a
+    worker runs it. Train's controller unpickles the entry point too (it never runs it): by
+    reference to this module, it imports what the driver side imports (Ray Train, raykd's config)
+    and not the loop's transformers, tasks and models."""
+    from raykd.training.loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
 
 
 def worker_resources(cfg: RaykdConfig) -> dict[str, float]:
