@@ -124,6 +124,7 @@ def cli(*args, cwd, timeout=300):
 
 
 def test_cli_export_writes_model_report_and_summary(tmp_path, tiny_models):
+    # Slow for a unit test (~10 s): one real CLI process (torch, transformers, ONNX export, int8).
     out = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", "--quantize", "int8",
               "--max-length", "64", "--runs", "5", "--warmup", "1", "--threads", "1", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -131,14 +132,21 @@ def test_cli_export_writes_model_report_and_summary(tmp_path, tiny_models):
     assert "latency (CPUExecutionProvider, batch 1 x 64 tokens" in out.stdout and "int8:" in out.stdout
     report = json.loads((tmp_path / "onnx_out" / "export_report.json").read_text())
     assert report["parity"]["ok"] and report["int8"]["onnx_file"] == "model.int8.onnx"
+    # The next two in-process (the same main() the console script runs): an interpreter start
+    # (torch, transformers) costs seconds each.
     # Again into the same folder: refused without --overwrite, one line, no traceback.
-    again = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", "--max-length", "64",
-                cwd=tmp_path)
-    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+    out_dir = str(tmp_path / "onnx_out")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["export", "--model", str(tiny_models["bert"]), "--onnx", out_dir, "--max-length", "64"])
+    assert code == 2 and "not empty" in err.getvalue() and "Traceback" not in err.getvalue(), err.getvalue()
+    assert err.getvalue().count("\n") == 1
     # With --overwrite and no --quantize, the earlier int8 model does not stay behind.
-    again = cli("export", "--model", str(tiny_models["bert"]), "--onnx", "onnx_out", "--max-length", "64",
-                "--runs", "2", "--warmup", "0", "--overwrite", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["export", "--model", str(tiny_models["bert"]), "--onnx", out_dir, "--max-length", "64",
+                     "--runs", "2", "--warmup", "0", "--overwrite"])
+    assert code == 0, err.getvalue()[-2000:]
     assert not (tmp_path / "onnx_out" / "model.int8.onnx").exists()
     assert json.loads((tmp_path / "onnx_out" / "export_report.json").read_text())["int8"] is None
 
