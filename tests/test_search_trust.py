@@ -274,5 +274,9 @@ def test_a_multi_objective_trial_is_told_once_complete_or_pruned(tmp_path):
         s.on_trial_complete(tid, {"round": 2, "eval_f1": 40.0, "latency_ms": 3.0, "final": final})
     s.suggest("C")
     s.on_trial_complete("C", error=True)
+    # A final round whose cost is NaN (a failed measurement) fails the trial; Optuna would refuse
+    # it as COMPLETE and end the search.
+    s.suggest("D")
+    s.on_trial_complete("D", {"round": 2, "eval_f1": 40.0, "latency_ms": float("nan"), "final": True})
     assert [(t.state.name, t.values) for t in s.study.trials] == [
-        ("COMPLETE", [50.0, 3.0]), ("PRUNED", None), ("FAIL", None)]
+        ("COMPLETE", [50.0, 3.0]), ("PRUNED", None), ("FAIL", None), ("FAIL", None)]

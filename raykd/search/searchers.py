@@ -6,6 +6,7 @@ study per distinct value of a study-changing key), and where Optuna's study is s
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,11 @@ class ParetoOptunaSearch(TruthfulOptunaSearch):
         if not error and not past_stop and result and result.get("final", False) and trial_id in self._score \
                 and all(m in result for m in self.metric if m != self._score_key):
             values = [self._score[trial_id] if m == self._score_key else float(result[m]) for m in self.metric]
-            state = optuna.trial.TrialState.COMPLETE
+            # Optuna refuses a COMPLETE trial with a NaN value (the search would stop on it); a
+            # trial whose scores are not all finite failed.
+            state = optuna.trial.TrialState.COMPLETE if all(math.isfinite(v) for v in values) \
+                else optuna.trial.TrialState.FAIL
+            values = values if state == optuna.trial.TrialState.COMPLETE else None
         self._end(trial_id, values, state)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from raykd import spaces
-from raykd.config import RaykdConfig, canonical, replace
+from raykd.config import RaykdConfig, canonical, with_values
 from raykd.errors import UserError
 
 # The config keys that decide a student's architecture.
@@ -154,7 +154,9 @@ def measure(cfg: RaykdConfig, architectures: list[dict[str, Any]], teacher: str,
     task = tasks.get(cfg.task)
     out = {}
     for values in architectures:
-        arch_cfg = replace(cfg, values)  # each value was validated with the space's corners
+        # Checked whole (once per architecture, before any trial): a combination the config refuses
+        # is said here in one line, not found when its trial starts.
+        arch_cfg = with_values(cfg, values)
         m = arch_cfg.models
         try:
             config = latency.student_config(m.student, m.init_from_teacher_layers, m.init_from or teacher)
