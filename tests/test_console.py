@@ -65,7 +65,7 @@ def _space_yaml(tmp_path, tiny_models):
                  "max_length": 96, "doc_stride": 32},
         "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"])},
         "optim": {"num_epochs": 1, "batch_size": 16, "warmup_ratio": 0.0},
-        "search": {"name": "console", "storage_path": str(tmp_path / "results"), "num_samples": 3, "rounds": 4,
+        "search": {"name": "console", "storage_path": str(tmp_path / "results"), "num_samples": 2, "rounds": 4,
                    "grace_period": 2, "reduction_factor": 2, "seed": 1, "n_startup_trials": 2,
                    "points_to_evaluate": [{"optim.learning_rate": 3e-3, "distill.temperature": 2.0}]},
         "space": {"optim.learning_rate": {"type": "choice", "values": [3e-3, 1e-8]},
@@ -78,6 +78,8 @@ def _space_yaml(tmp_path, tiny_models):
 
 @pytest.mark.integration
 def test_a_search_prints_a_readable_console(tmp_path, tiny_models):
+    # Slow: the real CLI starts its own Ray and runs two trials (two, so the check for repeated
+    # lines sees more than one trial's output).
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     cmd = [sys.executable, str(ROOT / "cli.py"), "search", "--config", str(_space_yaml(tmp_path, tiny_models))]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)

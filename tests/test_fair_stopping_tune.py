@@ -1,7 +1,6 @@
 """PerArchitectureScheduler inside a real Tune run (function trainables, no Train): Tune hands it
 its metric/mode and every trial's config, and its decisions stop trials."""
 
-import os
 import sys
 
 import pytest
@@ -33,14 +32,12 @@ class LayersOfCase:
         return key_of({LAYERS: config["case"][0]})
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.pop("RAY_ADDRESS", None)
+@pytest.fixture
+def by_value():
     # The trainable is defined here; Ray's workers cannot import a test module by name.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
     yield
-    ray.shutdown()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def run(scheduler, tmp_path):
@@ -59,7 +56,7 @@ def asha():
     return ASHAScheduler(time_attr="round", max_t=ROUNDS + 1, grace_period=1, reduction_factor=2)
 
 
-def test_small_students_are_judged_among_themselves(ray_local, tmp_path):
+def test_small_students_are_judged_among_themselves(local_ray, by_value, tmp_path):
     plain = run(asha(), tmp_path / "plain")
     # One ASHA for all sizes: every small student is stopped at the first rung.
     assert all(plain[(2, q)] == 1 for q in (3.0, 2.0, 1.0)), plain

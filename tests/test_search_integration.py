@@ -96,6 +96,8 @@ def _trial_results(exp: Path) -> dict[str, int]:
 
 
 def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
+    # Slow: three CLI searches of two trials, each starting its own Ray (interrupted, resumed,
+    # uninterrupted), and one resume refused before Ray starts.
     """The real CLI in a subprocess (its own Ray), interrupted with SIGINT (Ctrl-C) after its
     first trial finished, during its second and last (Tune has every trial it will run, so only its
     saved state tells the running one from a finished one): it exits 130, says how to resume, prunes and registers nothing, and
@@ -109,6 +111,14 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
         "optim": {"num_epochs": 2, "batch_size": 16, "eval_every_steps": 5, "warmup_ratio": 0.0},
         "tracking": {"enabled": True, "experiment_name": "resume"},
     })
+    # The second trial trains six times longer than the first, so it is still running when the
+    # test has seen its first round and sends Ctrl-C (a tiny trial's rounds take a few seconds).
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["space"]["optim.num_epochs"] = {"type": "choice", "values": [2, 12]}
+    raw["search"]["points_to_evaluate"] = [
+        {"optim.learning_rate": 3e-3, "distill.temperature": 2.0, "optim.num_epochs": 2},
+        {"optim.learning_rate": 3e-3, "distill.temperature": 3.0, "optim.num_epochs": 12}]
+    cfg_path.write_text(yaml.safe_dump(raw))
     exp = tmp_path / "results" / "resume"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -119,15 +129,17 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
         deadline = time.time() + 300
         finished = None
         while time.time() < deadline and finished is None:
-            time.sleep(1)
+            time.sleep(0.25)
             for f in exp.glob("*/result.json"):
                 if any(json.loads(x).get("final") for x in f.read_text().splitlines() if x.strip()):
                     finished = f.parent.name
             assert proc.poll() is None, "the search ended before it could be interrupted"
         assert finished, "no trial finished in time"
-        # Wait until the next trial has reported a round (so it has a checkpoint to resume from).
-        while time.time() < deadline and len([f for f in exp.glob("*/result.json") if f.stat().st_size]) < 2:
-            time.sleep(1)
+        # Wait until the next trial has saved a round's checkpoint (to resume from). Its Train run's
+        # folder shows it at once; Tune's result.json may be written only later.
+        while time.time() < deadline and len({c.parent.name for c in exp.glob(f"{TRAIN_RUNS}/*/checkpoint_*")
+                                              if c.parent.name not in finished}) < 1:
+            time.sleep(0.25)
         proc.send_signal(signal.SIGINT)  # Ctrl-C, to the driver process this test started
         out, _ = proc.communicate(timeout=180)
     finally:
@@ -146,11 +158,11 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     finished_before = _results(exp)[finished][-1][METRIC]
 
     # A resume with a setting that changes what a trial computes is refused before Ray starts.
-    changed = subprocess.run(cmd + ["--resume", "--set", "optim.num_epochs=3"], cwd=tmp_path, env=env,
+    changed = subprocess.run(cmd + ["--resume", "--set", "optim.batch_size=8"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120, check=False)
     assert changed.returncode == 2, changed.stdout[-2000:] + changed.stderr[-2000:]
     line = changed.stderr.strip().splitlines()[-1]
-    assert "optim.num_epochs" in line and "3.0" in line and "2.0" in line, changed.stderr[-2000:]
+    assert "optim.batch_size" in line and "8" in line and "16" in line, changed.stderr[-2000:]
     assert _trial_results(exp) == before
 
     done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
