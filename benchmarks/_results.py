@@ -22,6 +22,25 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("torch", "transformers", "ray", "optuna", "mlflow")
 
 
+@dataclass
+class Places:
+    """The settings every benchmark script shares: a tiny run, rerunning finished arms, raykd's
+    storage_path and the results folder. Each script's Settings extends it."""
+
+    smoke: bool = False
+    force: bool = False
+    storage: Path = ROOT / "raykd_results"
+    out: Path = ROOT / "benchmarks" / "results"
+
+
+def add_place_flags(p, smoke: str, force: str = "rerun arms that already have a result") -> None:
+    """--smoke, --force, --storage and --out, with each script's own help for the first two."""
+    p.add_argument("--smoke", action="store_true", help=smoke)
+    p.add_argument("--force", action="store_true", help=force)
+    p.add_argument("--storage", type=Path, help="raykd's storage_path (default ./raykd_results)")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -113,15 +113,11 @@ SMOKE = {"max_train_samples": 48, "eval_questions": 24, "trials": 2, "rounds": 2
 
 
 @dataclass
-class Settings:
+class Settings(_results.Places):
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
     sides: list[str] = field(default_factory=lambda: list(SIDES))
     trials: int | None = None  # None: the setting's
     tolerance: float = 0.5
-    smoke: bool = False
-    force: bool = False
-    storage: Path = ROOT / "raykd_results"
-    out: Path = ROOT / "benchmarks" / "results"
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> Settings:
@@ -130,10 +126,7 @@ class Settings:
         p.add_argument("--sides", nargs="+", choices=list(SIDES), help="which sides to run (default: both)")
         p.add_argument("--trials", type=int, help="trials per search (default: the setting's, 4)")
         p.add_argument("--tolerance", type=float, help="how close to its own best counts as reached (default 0.5)")
-        p.add_argument("--smoke", action="store_true", help="a few dozen examples, 2 trials: minutes")
-        p.add_argument("--force", action="store_true", help="rerun arms that already have a result")
-        p.add_argument("--storage", type=Path, help="raykd's storage_path (default ./raykd_results)")
-        p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+        _results.add_place_flags(p, smoke="a few dozen examples, 2 trials: minutes")
         a = p.parse_args(argv)
         s = cls()
         if a.smoke:

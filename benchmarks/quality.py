@@ -52,7 +52,7 @@ SPACE = {
 
 
 @dataclass
-class Settings:
+class Settings(_results.Places):
     task: str = "qa"
     seeds: list[int] = field(default_factory=lambda: [42, 43])
     max_length: int | None = None  # None: the task's (qa: 256, stride 96)
@@ -72,16 +72,11 @@ class Settings:
     latency_questions: int = 50
     device: str = "cpu"
     full_data: bool = False
-    smoke: bool = False
-    force: bool = False
-    storage: Path = ROOT / "raykd_results"
-    out: Path = ROOT / "benchmarks" / "results"
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> Settings:
         p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--task", default="qa", choices=sorted(_tasks.TASKS) + sorted(_tasks.ALIASES))
-        p.add_argument("--smoke", action="store_true", help="a few dozen questions, 1 epoch, 2 trials: minutes")
         p.add_argument("--seeds", type=int, nargs="+", help="seeds of (b) and (c) (default 42 43)")
         for name, kind in (("max-length", int), ("doc-stride", int), ("max-train-samples", int),
                            ("eval-questions", int), ("teacher-epochs", float), ("teacher-lr", float),
@@ -92,11 +87,9 @@ class Settings:
         p.add_argument("--scheduler", choices=["asha", "fifo"])
         p.add_argument("--device", choices=["cpu", "cuda"], help="cuda: GPU training workers (latency stays CPU)")
         p.add_argument("--full-data", action="store_true", help="the task's full data set from the hub (network)")
-        p.add_argument("--force", action="store_true",
-                       help="rerun arms that already have a result (raykd's cached teacher and teacher logits are "
-                            "still reused: remove <storage>/cache to rebuild them)")
-        p.add_argument("--storage", type=Path, help="raykd's storage_path (default ./raykd_results)")
-        p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+        _results.add_place_flags(p, smoke="a few dozen questions, 1 epoch, 2 trials: minutes",
+                                 force="rerun arms that already have a result (raykd's cached teacher and teacher "
+                                       "logits are still reused: remove <storage>/cache to rebuild them)")
         a = p.parse_args(argv)
         s = cls(task=_tasks.ALIASES.get(a.task, a.task))
         if a.smoke:

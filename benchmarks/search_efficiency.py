@@ -51,7 +51,7 @@ SMOKE_QUICKSTART = {"data.synthetic_train_size": 80, "data.synthetic_eval_size":
 
 
 @dataclass
-class Settings:
+class Settings(_results.Places):
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     num_samples: int | None = None  # None: the space's own (quickstart: 6)
     tolerance: float = 0.5
@@ -59,10 +59,6 @@ class Settings:
     real_trials: int = 6
     real_rounds: int = 4
     tracking: bool = True
-    smoke: bool = False
-    force: bool = False
-    storage: Path = ROOT / "raykd_results"
-    out: Path = ROOT / "benchmarks" / "results"
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> Settings:
@@ -75,10 +71,8 @@ class Settings:
         p.add_argument("--real-rounds", type=int, help="evaluation rounds per real-text trial (default 4)")
         p.add_argument("--no-tracking", dest="tracking", action="store_false", default=None,
                        help="searches without MLflow (the quickstart has it on)")
-        p.add_argument("--smoke", action="store_true", help="tiny quickstart, 3 trials, one seed: minutes")
-        p.add_argument("--force", action="store_true", help="rerun searches that already have a result")
-        p.add_argument("--storage", type=Path, help="raykd's storage_path (default ./raykd_results)")
-        p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+        _results.add_place_flags(p, smoke="tiny quickstart, 3 trials, one seed: minutes",
+                                 force="rerun searches that already have a result")
         a = p.parse_args(argv)
         s = cls()
         if a.smoke:
