@@ -5,6 +5,7 @@ settings is refused (no Ray started: Tune's schedulers and trial records are pla
 import dataclasses
 import json
 import pickle
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -178,6 +179,14 @@ def test_what_a_resume_may_change(tmp_path, monkeypatch):
 def test_a_search_without_a_record_is_not_resumed_on_a_guess(tmp_path):
     with pytest.raises(UserError, match="no readable record"):
         resume.check(_cfg(tmp_path))
+    # A search an earlier raykd saved (format 2: its searcher and ASHA state in Ray's own layout)
+    # is refused the same way, not restored into the new classes.
+    cfg = _cfg(tmp_path)
+    resume.record(cfg, PLAN, STUDY)
+    path = Path(resume._record_file(cfg))
+    path.write_text(path.read_text().replace(f'"format": {resume.FORMAT}', '"format": 2'))
+    with pytest.raises(UserError, match="an older raykd started it"):
+        resume.check(cfg, PLAN, STUDY)
 
 
 def test_a_space_whose_accumulation_outlasts_an_epoch_is_refused_before_any_trial():

@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     from raykd.study.runspec import Study
 
 RECORD_FILE = "raykd_resume.json"
-FORMAT = 2  # the record's layout; a search started by a raykd that wrote no record is refused
+# The record's layout, and with it the saved search state's: a search whose record says another
+# (or has none) is refused. 3: the Optuna searchers and ASHA save their own state through Tune's
+# public save/restore hooks; a search saved by an earlier raykd cannot be restored from it.
+FORMAT = 3
 
 # Keys a resume may change, and why each leaves what a trial computes as it was.
 MAY_CHANGE = {
