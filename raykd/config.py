@@ -15,6 +15,7 @@ What a task adds to the checks, it registers here (:func:`register_task`, called
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -784,7 +785,7 @@ def _replaced(node: Any, parts: list[str], value: Any, prefix: str, source: str 
         current = getattr(node, name)
         if not isinstance(current, dict):
             raise ConfigError(f"{_where(source, dotted)}: {'.'.join(parts[1:])} is not a section")
-        inner = dict(current)
+        inner = copy.deepcopy(current)  # the base config's nested mappings stay untouched
         set_dotted(inner, ".".join(parts[1:]), value)
         new = inner if name == "space" else _check_type(inner, tp, dotted, source)
     elif name == "space":

@@ -130,6 +130,10 @@ def test_replace_coerces_each_value_to_its_field_type_and_keeps_the_messages():
     assert out.source == "c.yaml" and cfg == RaykdConfig(source="c.yaml")  # the original is unchanged
     assert cfg.replace(**{"optim.learning_rate": 1e-4}).optim.learning_rate == 1e-4
     assert replace(cfg, {"models": {"student": "s"}}).models == config_mod.ModelsConfig(student="s")  # whole
+    # A key two levels into a mapping setting leaves the base config's mapping as it was.
+    spaced = replace(cfg, {"space": {"x": {"type": "choice", "values": [1e-4]}}})
+    changed = replace(spaced, {"space.x.values": [3e-4]})
+    assert spaced.space["x"]["values"] == [1e-4] and changed.space["x"]["values"] == [3e-4]
     for flat, message in [
         ({"optim.lr": 1}, "c.yaml: optim.lr: unknown key; did you mean optim.learning_rate?"),
         ({"optimizer.x": 1}, "c.yaml: optimizer: unknown key"),
