@@ -376,10 +376,10 @@ def trial_breakdown(session: dict[str, Any], rows: dict[str, list[dict[str, Any]
         steps = {
             "trial actor: process spawned (Python, import ray)": d["start"] - d["registered"],
             "trial actor: Ray worker start-up": d["creating"] - d["start"],
-            "trial actor: unpickling the trainable (imports raykd.search.tuner)": d["created"] - d["creating"],
+            "trial actor: unpickling the trainable (imports raykd.search.trial)": d["created"] - d["creating"],
             "trial driver: config, TorchTrainer, controller submitted": ctl["registered"] - d["created"],
             "Train controller: process spawned + Ray worker start-up": ctl["creating"] - ctl["registered"],
-            "Train controller: unpickling the train function (imports raykd.training.loop)":
+            "Train controller: unpickling the train function (imports raykd.training.trainer)":
                 marks["requested"] - ctl["creating"],
             "Train controller: __init__ (autoscaling coordinator, placement group cleaner)":
                 ctl["created"] - marks["requested"],
