@@ -42,3 +42,23 @@ def test_the_controllers_poll_interval_is_set_unless_the_user_set_one():
     mine = {name: "5"}
     trainer.train_env_defaults(mine)
     assert mine == {name: "5"}
+
+
+def test_the_poll_interval_reaches_a_train_run_in_a_ray_someone_else_started(monkeypatch, tmp_path):
+    """A Ray raykd did not start (``--address``, a notebook's, a test's) never inherited raykd's
+    setting: the driver hands its value to each trial actor, and whichever process builds a
+    TorchTrainer holds it when it calls fit(), which hands it to Train's controller."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    from raykd.config import DISTILL, RaykdConfig
+    from raykd.study.runspec import RunSpec, Study
+
+    (name, value), = compat.train_env_defaults().items()
+    monkeypatch.delenv(name, raising=False)
+    assert trainer.train_env() == {name: value}  # what a trial actor is given
+    monkeypatch.setenv(name, "5")
+    assert trainer.train_env() == {name: "5"}  # the user's, where they set one
+    monkeypatch.delenv(name)
+    study = Study(prepared="/p", teacher_file=None, teacher=None, tokenizer="tok")
+    trainer.build_trainer(RunSpec.of(RaykdConfig.from_dict({}), DISTILL, study), "poll", storage_path=str(tmp_path))
+    assert get_env_vars_to_propagate()[name] == value

@@ -7,6 +7,7 @@ architecture keys are imported when a trial has costs).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -37,14 +38,18 @@ def reuse_actors(the_plan: Plan) -> bool:
 # and the tracking callback read that name.
 def _trial_driver(values: dict[str, Any], base: RaykdConfig, study: Study, runs_path: str,
                   rounds: int, keep_by: str, study_keys: list[str], broker=None,
-                  costs: dict[str, dict[str, float]] | None = None, stopped_uri: str | None = None) -> None:
+                  costs: dict[str, dict[str, float]] | None = None, stopped_uri: str | None = None,
+                  train_env: dict[str, str] | None = None) -> None:
     """One trial: the sampled values on top of the base config, run by a TorchTrainer whose
     reports become this trial's Tune results. The Train run is named after the trial, so a
     resumed trial continues from its own checkpoint. ``costs``: each architecture's measured
     serving costs (a Pareto search), of which the trial reports its own. A trial ASHA already
     stopped (a resume after a hard kill whose saved state still had it running) trains nothing:
     it returns at once, and Tune ends it with the results it had. Keeps nothing between calls: a
-    reused actor (:func:`reuse_actors`) runs the next trial afresh."""
+    reused actor (:func:`reuse_actors`) runs the next trial afresh. ``train_env``: the driver's
+    Ray Train settings (:func:`raykd.training.trainer.train_env`), set here because Train passes
+    them on from the process that calls ``fit()``, and this actor is that process."""
+    os.environ.update(train_env or {})
     trial_id = tune.get_context().get_trial_id()
     stopped = stopped_at(stopped_uri, trial_id)
     if stopped is not None:

@@ -37,6 +37,7 @@ from raykd.search.summary import prune_checkpoints, summarize
 from raykd.search.trial import _trial_driver, reuse_actors
 from raykd.serving import architectures
 from raykd.study.runspec import Study
+from raykd.training import trainer as train
 
 
 @dataclass
@@ -73,7 +74,8 @@ def _trainable(cfg: RaykdConfig, study: Study, params: list[spaces.Param], the_p
                              runs_path=paths.runs, rounds=the_plan.rounds,
                              keep_by=the_plan.keep_by, study_keys=keys,
                              broker=_broker(cfg, study, params, keys) if keys else None,
-                             costs=the_plan.costs or None, stopped_uri=storage.join(paths.experiment, STOPPED)),
+                             costs=the_plan.costs or None, stopped_uri=storage.join(paths.experiment, STOPPED),
+                             train_env=train.train_env()),
         {"CPU": DRIVER_CPU},
     )
 

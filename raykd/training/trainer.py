@@ -54,6 +54,7 @@ def build_trainer(
     cfg = spec.cfg
     sc = cfg.scaling
     resources = worker_resources(cfg)
+    train_env_defaults()
     metric = objective.metric(cfg)
     keep_by = keep_by or metric
     return TorchTrainer(
@@ -322,9 +323,18 @@ def _auth_error(named: str) -> UserError:
 def train_env_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     """Ray Train's settings raykd wants (:func:`raykd.compat.train_env_defaults`: the controller
     polls its workers every 0.25 s, not 2 s), where the user has not set them: a value in the
-    environment wins. Set before ``ray.init``, so that a local Ray's processes inherit them."""
+    environment wins. Set before ``ray.init``, so that a local Ray's processes inherit them, and
+    again in the process that calls ``TorchTrainer.fit()``: Train hands these variables from that
+    process to its controller and workers, which is what reaches them on a cluster joined by
+    address or in a Ray started by someone else (a notebook, a test)."""
     for key, value in compat.train_env_defaults().items():
         environ.setdefault(key, value)
+
+
+def train_env() -> dict[str, str]:
+    """This process's values of Ray Train's settings (the user's, else raykd's defaults), for a
+    search's trial actors: a trial's ``TorchTrainer.fit()`` runs there, not in the driver."""
+    return {key: os.environ.get(key, value) for key, value in compat.train_env_defaults().items()}
 
 
 def init_ray(address: str | None = None) -> None:
