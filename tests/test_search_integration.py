@@ -44,11 +44,20 @@ def _space_yaml(tmp_path, tiny_models, name, num_samples, extra=None):
 
 
 def test_search_asha_optuna_best_and_checkpoints(local_ray, tmp_path, tiny_models):
-    cfg = load_config(str(_space_yaml(tmp_path, tiny_models, "asha", 5)))
+    """Three trials: a learning rate that learns, one that learns nothing (a fixed point each, so
+    ASHA has one to stop whatever the sampler draws), and one TPE sampled after them."""
+    path = _space_yaml(tmp_path, tiny_models, "asha", 3)
+    raw = yaml.safe_load(path.read_text())
+    raw["search"]["points_to_evaluate"].append({"optim.learning_rate": 1e-8, "distill.temperature": 2.0})
+    # Three rounds, compared from round 2: by then the first trial's F1 is ~9 (~6.5 after round 1),
+    # while the learning rate of 1e-8 keeps its starting F1 (~6.3), so ASHA stops it there.
+    raw["search"].update(rounds=3, grace_period=2)
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(str(path))
     assert max_concurrent(cfg, ray.cluster_resources()) == 1  # 2 CPUs, 1-CPU workers: never 2
     summary = run.search(cfg)
     rows = summary["trials"]
-    assert len(rows) == 5 and all(r["status"] in ("COMPLETED", "STOPPED") for r in rows)
+    assert len(rows) == 3 and all(r["status"] in ("COMPLETED", "STOPPED") for r in rows)
     assert any(r["stopped_early"] for r in rows), rows
     assert any(not r["stopped_early"] and r["rounds"] == summary["rounds"] for r in rows)
     # The best is the maximum eval_f1 over every reported round of every trial.
