@@ -71,7 +71,7 @@ def _config(tmp_path, tiny_models, name):
                  "max_length": 96, "doc_stride": 32},
         "models": {"teacher": str(tiny_models["bert"]), "student": str(tiny_models["distilbert"])},
         "optim": {"num_epochs": 1, "batch_size": 16, "eval_every_steps": 4, "warmup_ratio": 0.0},
-        "search": {"name": name, "storage_path": str(tmp_path / "results"), "num_samples": 3,
+        "search": {"name": name, "storage_path": str(tmp_path / "results"), "num_samples": 2,
                    "grace_period": 1, "reduction_factor": 2, "seed": 3,
                    "points_to_evaluate": [{"optim.learning_rate": 3e-3}]},
         "tracking": {"experiment_name": name, "registered_model_name": f"{name}-student"},
@@ -94,13 +94,13 @@ def test_search_is_recorded_in_a_real_mlflow_server(tmp_path, tiny_models, mlflo
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["search.num_samples"] == "3"
+    assert parent.data.params["search.num_samples"] == "2"
     assert parent.data.metrics["best_eval_f1"] == pytest.approx(summary["best"]["eval_f1"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/eval_f1_by_round.png" in artifacts and "plots/optuna_history.png" in artifacts
     assert any(a.path.startswith("config/") for a in client.list_artifacts(parent.info.run_id, "config"))
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 3
+    assert len(children) == 2
     by_trial = {r.data.tags["raykd.trial_id"]: r for r in children}
     for row in summary["trials"]:
         child = by_trial[row["trial_id"]]
