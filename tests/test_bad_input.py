@@ -4,11 +4,11 @@ MLflow store or run, no cache) in the working directory, which also holds the st
 ``--debug`` adds the traceback.
 
 Most cases call ``cli.main`` in this process (its exit status, and stderr through capsys); a few
-run ``python cli.py`` in a subprocess (see ``_in_subprocess``): the ones that start a Ray (never
-in pytest's process), that set environment variables libraries read at import, that are timed,
-and a handful that prove the script end to end. Almost every case is refused before Ray starts;
-the ones that need the cluster's resources (a GPU, CPUs) start a local Ray and are refused right
-after it connects (marked integration).
+run ``python cli.py`` in a subprocess (see ``_in_subprocess``): the ones that set environment
+variables libraries read at import, that are timed, and a handful that prove the script end to
+end. Almost every case is refused before Ray starts; the ones that need the cluster's resources (a
+GPU, CPUs) are refused once the driver is connected: they run in this process against the
+session's Ray (2 CPUs, no GPU), which stands for the cluster (marked integration).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Case:
     command: str = "search"
     env: dict = field(default_factory=dict)
     before: str | None = None                           # a setup step (see _before)
-    ray: bool = False                                   # refused after Ray connects
+    ray: bool = False                                   # refused once connected to the session's Ray
     seconds: float | None = None                        # refused within this many seconds
     script: bool = False                                # run `python cli.py` in a subprocess
 
@@ -142,7 +142,7 @@ CATALOGUE = [
          set={"models.student": "pkg:no_such_raykd_package/model"}),
     # The experiment folder and the tracking store.
     Case("experiment-exists", ["search.name", "already exists", "--resume", "--overwrite"], before="experiment", script=True),
-    Case("train-run-exists", ["search.name", "already exists", "--overwrite"], command="train",
+    Case("train-run-exists", ["search.name", "already exists", "--overwrite"], command="train", script=True,
          before="experiment:train"),
     Case("resume-nothing", ["--resume", "no experiment"], args=["--resume"]),
     Case("resume-and-overwrite", ["--resume", "--overwrite", "choose one"], args=["--resume", "--overwrite"],
@@ -302,10 +302,9 @@ def _snapshot(path: Path) -> dict[str, int]:
 
 def _in_subprocess(case: Case) -> bool:
     """Whether the case runs ``python cli.py`` in a subprocess rather than ``cli.main`` here: a
-    case that starts a Ray (never a second one in pytest's process tree beside the session's), sets
-    environment variables that libraries read when they are imported, or is timed; and the
-    handful marked ``script``, which prove the script end to end."""
-    return case.ray or bool(case.env) or case.seconds is not None or case.script
+    case that sets environment variables that libraries read when they are imported, or is timed;
+    and the handful marked ``script``, which prove the script end to end."""
+    return bool(case.env) or case.seconds is not None or case.script
 
 
 def _run(case: Case, world, cwd: Path, debug: bool = False, capsys=None, monkeypatch=None):
@@ -377,6 +376,7 @@ def _cli_in_process(args: list[str], cwd: Path, ray_tmp: Path, capsys, monkeypat
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     env, streams = dict(os.environ), (sys.stdout, sys.stderr)
+    ray_up = _ray_up()
     capsys.readouterr()
     started = time.monotonic()
     try:
@@ -389,9 +389,14 @@ def _cli_in_process(args: list[str], cwd: Path, ray_tmp: Path, capsys, monkeypat
         os.environ.clear()
         os.environ.update(env)
     out, err = capsys.readouterr()
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized(), "a case run in-process started Ray in pytest's process"
+    # A case refused before Ray starts leaves none up; one refused once connected leaves the
+    # session's Ray as it found it.
+    assert _ray_up() == ray_up, "a case run in-process started or stopped Ray in pytest's process"
     return code, out, err, elapsed
+
+
+def _ray_up() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 @dataclass
@@ -405,10 +410,26 @@ class Result:
     elapsed: float
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.ray else [])
-                                  for c in CATALOGUE])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CATALOGUE if not c.ray])
 def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_path, capsys, monkeypatch):
     r = _run(case, world, tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    _refused_in_one_line(case, r)
+    # A case run here never started a Ray; one in a subprocess would have written to RAY_TMPDIR.
+    assert not r.ray_started, "refused before Ray starts"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CATALOGUE if c.ray])
+def test_what_the_cluster_can_never_provide_is_refused_once_connected(case, world, local_ray, tmp_path, capsys,
+                                                                      monkeypatch):
+    """The session's Ray (2 CPUs, no GPU) is up, as a cluster the driver joins would be: the CLI
+    reads its resources, refuses in one line, leaves Ray up and starts none of its own."""
+    r = _run(case, world, tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    _refused_in_one_line(case, r)
+    assert not r.ray_started and _ray_up()
+
+
+def _refused_in_one_line(case: Case, r: Result) -> None:
     lines = [x for x in r.err.splitlines() if x.strip()]
     assert r.code == 2, f"exit {r.code}\nstdout: {r.out[-1500:]}\nstderr: {r.err[-3000:]}"
     assert "Traceback" not in r.err and "Traceback" not in r.out
@@ -419,7 +440,6 @@ def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_pa
     # Nothing half-written: the working directory (which holds the storage path and the default
     # MLflow store) is as it was.
     assert r.after == r.before, set(r.after) ^ set(r.before)
-    assert r.ray_started == case.ray, "refused before Ray starts" if not case.ray else "refused once Ray connected"
     assert case.seconds is None or r.elapsed < case.seconds, f"refused after {r.elapsed:.0f} s"
 
 
