@@ -7,8 +7,9 @@ Most cases call ``cli.main`` in this process (its exit status, and stderr throug
 run ``python cli.py`` in a subprocess (see ``_in_subprocess``): the ones that set environment
 variables libraries read at import, that are timed, and a handful that prove the script end to
 end. Almost every case is refused before Ray starts; the ones that need the cluster's resources (a
-GPU, CPUs) are refused once the driver is connected: they run in this process against the
-session's Ray (2 CPUs, no GPU), which stands for the cluster (marked integration).
+GPU, CPUs) are refused once the driver is connected (marked integration): one through the script,
+which starts a local Ray, the others in this process against the session's Ray (2 CPUs, no GPU),
+which stands for a cluster the driver joined.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Case:
     command: str = "search"
     env: dict = field(default_factory=dict)
     before: str | None = None                           # a setup step (see _before)
-    ray: bool = False                                   # refused once connected to the session's Ray
+    ray: bool = False                                   # refused once connected to a Ray
     seconds: float | None = None                        # refused within this many seconds
     script: bool = False                                # run `python cli.py` in a subprocess
 
@@ -173,11 +174,14 @@ CATALOGUE = [
     Case("classification-teacher-label-count", ["models.teacher", "3 labels", "data.num_labels"],
          before="cls:threelabels"),
     # Resources the cluster can never provide (local Ray: 2 CPUs here, no GPU).
-    Case("gpu-without-gpus", ["scaling.use_gpu", "no GPU"], set={"scaling.use_gpu": True}, ray=True),
-    Case("more-cpus-than-cluster", ["scaling", "CPU", "cpus_per_worker"], command="train",
+    # The script, once: a CLI that starts its own Ray (its log lines forwarded) is refused in one line.
+    Case("gpu-without-gpus", ["scaling.use_gpu", "no GPU", "the Ray cluster"], set={"scaling.use_gpu": True},
+         ray=True, script=True),
+    Case("more-cpus-than-cluster", ["scaling", "CPU", "cpus_per_worker", "the Ray cluster"], command="train",
          set={"scaling.cpus_per_worker": 64}, ray=True),
     # A fixed cluster where no trial can ever start: its workers need a resource no node has.
-    Case("worker-resource-nobody-has", ["scaling", "raykd_nowhere", "drop scaling.resources_per_worker.raykd_nowhere"],
+    Case("worker-resource-nobody-has", ["scaling", "raykd_nowhere", "drop scaling.resources_per_worker.raykd_nowhere",
+                                        "the Ray cluster"],
          set={"scaling.resources_per_worker": {"raykd_nowhere": 1}}, ray=True),
     # No Ray cluster at the address: given up within seconds (Ray itself retries for minutes).
     Case("address-unreachable", ["--address " + CLOSED_RAY, "no Ray cluster answers"],
@@ -410,20 +414,29 @@ class Result:
     elapsed: float
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CATALOGUE if not c.ray])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.integration] if c.ray else [])
+                                  for c in CATALOGUE if _in_subprocess(c) or not c.ray])
 def test_bad_input_is_refused_in_one_line_and_leaves_nothing(case, world, tmp_path, capsys, monkeypatch):
     r = _run(case, world, tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     _refused_in_one_line(case, r)
-    # A case run here never started a Ray; one in a subprocess would have written to RAY_TMPDIR.
-    assert not r.ray_started, "refused before Ray starts"
+    # Whether a Ray started (a subprocess's writes to RAY_TMPDIR; a case run here never starts one).
+    assert r.ray_started == case.ray, "refused before Ray starts" if not case.ray else "refused once Ray connected"
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CATALOGUE if c.ray])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CATALOGUE if c.ray and not _in_subprocess(c)])
 def test_what_the_cluster_can_never_provide_is_refused_once_connected(case, world, local_ray, tmp_path, capsys,
                                                                       monkeypatch):
     """The session's Ray (2 CPUs, no GPU) is up, as a cluster the driver joins would be: the CLI
     reads its resources, refuses in one line, leaves Ray up and starts none of its own."""
+    # What a search imports on its way to the refusal is imported before the console takes over
+    # stderr, so that no handler made at import keeps the captured stream of this test.
+    import ray.train  # noqa: F401
+    import ray.tune  # noqa: F401
+
+    import raykd.prepare  # noqa: F401
+    import raykd.search.tuner  # noqa: F401
+
     r = _run(case, world, tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     _refused_in_one_line(case, r)
     assert not r.ray_started and _ray_up()

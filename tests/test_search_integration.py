@@ -207,6 +207,7 @@ def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
     # ends with the same curve: the resumed one continued exactly (its RNG states, data order and
     # optimizer restored).
     (interrupted,) = [r for r in summary["trials"] if r["trial_id"] not in finished]
+    assert not interrupted["stopped_early"], interrupted  # ran its schedule, as a lone trial does
     point = {k: interrupted[k] for k in ("optim.learning_rate", "distill.temperature", "optim.num_epochs")}
     straight = subprocess.run(cmd + ["--set", "search.name=straight", "--no-tracking", "--num-samples", "1",
                                      "--set", f"search.points_to_evaluate=[{json.dumps(point)}]"],

@@ -273,6 +273,27 @@ def test_the_searcher_state_survives_save_and_restore(tmp_path):
     assert [(t.state.name, t.value) for t in again.study.trials] == [("COMPLETE", 30.0)]
 
 
+def test_multi_objective_tpe_proposes_after_a_complete_and_a_pruned_trial(tmp_path):
+    """What a Pareto search's sampler meets after its first trials: one COMPLETE with both
+    objectives, one PRUNED without values. MOTPE (past its start-up trial) proposes the next."""
+    import optuna
+
+    from raykd import spaces
+    from raykd.search import searchers
+
+    params = spaces.parse({"distill.temperature": {"type": "uniform", "low": 1, "high": 4}})
+    s = searchers.ParetoOptunaSearch(space=spaces.define_by_run(params), metric=["eval_f1", "latency_ms"],
+                                     mode=["max", "min"], score="eval_f1", stopped_uri=str(tmp_path / "stopped"),
+                                     sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, n_startup_trials=1))
+    for tid, final in (("A", True), ("B", False)):
+        s.suggest(tid)
+        s.on_trial_result(tid, {"round": 1, "eval_f1": 50.0, "latency_ms": 3.0, "final": False})
+        s.on_trial_complete(tid, {"round": 2, "eval_f1": 40.0, "latency_ms": 3.0, "final": final})
+    config = s.suggest("C")
+    assert 1 <= config["distill.temperature"] <= 4
+    assert [t.state.name for t in s.study.trials] == ["COMPLETE", "PRUNED", "RUNNING"]
+
+
 def test_a_multi_objective_trial_is_told_once_complete_or_pruned(tmp_path):
     from raykd.search import searchers
 

@@ -73,7 +73,8 @@ def _config(tmp_path, tiny_models, name):
         "optim": {"num_epochs": 1, "batch_size": 16, "eval_every_steps": 4, "warmup_ratio": 0.0},
         "search": {"name": name, "storage_path": str(tmp_path / "results"), "num_samples": 2,
                    "grace_period": 1, "reduction_factor": 2, "seed": 3,
-                   "points_to_evaluate": [{"optim.learning_rate": 3e-3}]},
+                   # One trial that learns (F1 ~17 at round 1) and one that cannot (~6): ASHA stops it.
+                   "points_to_evaluate": [{"optim.learning_rate": 3e-3}, {"optim.learning_rate": 1e-8}]},
         "tracking": {"experiment_name": name, "registered_model_name": f"{name}-student"},
         "space": {"optim.learning_rate": {"type": "choice", "values": [3e-3, 1e-8]}},
     }
@@ -100,7 +101,7 @@ def test_search_is_recorded_in_a_real_mlflow_server(tmp_path, tiny_models, mlflo
     assert "plots/eval_f1_by_round.png" in artifacts and "plots/optuna_history.png" in artifacts
     assert any(a.path.startswith("config/") for a in client.list_artifacts(parent.info.run_id, "config"))
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2
+    assert len(children) == 2 and sum(bool(r["stopped_early"]) for r in summary["trials"]) == 1
     by_trial = {r.data.tags["raykd.trial_id"]: r for r in children}
     for row in summary["trials"]:
         child = by_trial[row["trial_id"]]

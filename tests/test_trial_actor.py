@@ -4,6 +4,7 @@ Optuna, MLflow or serving imported to unpickle them), a trial actor is reused on
 is stopped early, and the controller's poll interval is raykd's unless the user set one. No Ray
 cluster is started."""
 
+import os
 import subprocess
 import sys
 
@@ -46,8 +47,8 @@ def test_the_controllers_poll_interval_is_set_unless_the_user_set_one():
 
 def test_the_poll_interval_reaches_a_train_run_in_a_ray_someone_else_started(monkeypatch, tmp_path):
     """A Ray raykd did not start (``--address``, a notebook's, a test's) never inherited raykd's
-    setting: the driver hands its value to each trial actor, and whichever process builds a
-    TorchTrainer holds it when it calls fit(), which hands it to Train's controller."""
+    setting: whichever process builds a TorchTrainer sets it where unset, and fit() hands it from
+    there to Train's controller; a value the user set in the driver goes to every trial actor."""
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
     from raykd.config import DISTILL, RaykdConfig
@@ -55,10 +56,26 @@ def test_the_poll_interval_reaches_a_train_run_in_a_ray_someone_else_started(mon
 
     (name, value), = compat.train_env_defaults().items()
     monkeypatch.delenv(name, raising=False)
-    assert trainer.train_env() == {name: value}  # what a trial actor is given
-    monkeypatch.setenv(name, "5")
-    assert trainer.train_env() == {name: "5"}  # the user's, where they set one
-    monkeypatch.delenv(name)
     study = Study(prepared="/p", teacher_file=None, teacher=None, tokenizer="tok")
     trainer.build_trainer(RunSpec.of(RaykdConfig.from_dict({}), DISTILL, study), "poll", storage_path=str(tmp_path))
     assert get_env_vars_to_propagate()[name] == value
+    # raykd's own default is not handed to trial actors (a cluster's environment may hold one)...
+    assert trainer.train_env() == {}
+    # ...the user's value is.
+    monkeypatch.setenv(name, "5")
+    assert trainer.train_env() == {name: "5"}
+
+
+def test_a_trial_actor_takes_the_drivers_train_settings_before_anything_else(monkeypatch, tmp_path):
+    """The trial driver sets what the driver handed it first: here a trial that ASHA had stopped
+    before an interruption, which returns at once without training."""
+    from types import SimpleNamespace
+
+    from raykd.search import trial
+
+    (name, _), = compat.train_env_defaults().items()
+    monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(trial.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t1"))
+    monkeypatch.setattr(trial, "stopped_at", lambda uri, trial_id: 2)
+    assert _trial_driver({}, None, None, str(tmp_path), 4, "eval_f1", [], train_env={name: "5"}) is None
+    assert os.environ[name] == "5"

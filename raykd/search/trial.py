@@ -46,9 +46,10 @@ def _trial_driver(values: dict[str, Any], base: RaykdConfig, study: Study, runs_
     serving costs (a Pareto search), of which the trial reports its own. A trial ASHA already
     stopped (a resume after a hard kill whose saved state still had it running) trains nothing:
     it returns at once, and Tune ends it with the results it had. Keeps nothing between calls: a
-    reused actor (:func:`reuse_actors`) runs the next trial afresh. ``train_env``: the driver's
-    Ray Train settings (:func:`raykd.training.trainer.train_env`), set here because Train passes
-    them on from the process that calls ``fit()``, and this actor is that process."""
+    reused actor (:func:`reuse_actors`) runs the next trial afresh. ``train_env``: the Ray Train
+    settings the user set in the driver's environment (:func:`raykd.training.trainer.train_env`),
+    set here because Train passes them on from the process that calls ``fit()``, and this actor
+    is that process."""
     os.environ.update(train_env or {})
     trial_id = tune.get_context().get_trial_id()
     stopped = stopped_at(stopped_uri, trial_id)

@@ -320,6 +320,12 @@ def _auth_error(named: str) -> UserError:
                      f"the cluster's token (~/.ray/auth_token on the head node) in {token} or in RAY_AUTH_TOKEN")
 
 
+# The settings this process holds because raykd set them (and their values), not the user: a
+# search does not hand these to its trial actors, where a value the cluster's environment holds
+# must win.
+_DEFAULTED: dict[str, str] = {}
+
+
 def train_env_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     """Ray Train's settings raykd wants (:func:`raykd.compat.train_env_defaults`: the controller
     polls its workers every 0.25 s, not 2 s), where the user has not set them: a value in the
@@ -328,13 +334,19 @@ def train_env_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     process to its controller and workers, which is what reaches them on a cluster joined by
     address or in a Ray started by someone else (a notebook, a test)."""
     for key, value in compat.train_env_defaults().items():
-        environ.setdefault(key, value)
+        if key not in environ:
+            environ[key] = value
+            if environ is os.environ:
+                _DEFAULTED[key] = value
 
 
 def train_env() -> dict[str, str]:
-    """This process's values of Ray Train's settings (the user's, else raykd's defaults), for a
-    search's trial actors: a trial's ``TorchTrainer.fit()`` runs there, not in the driver."""
-    return {key: os.environ.get(key, value) for key, value in compat.train_env_defaults().items()}
+    """The Ray Train settings the user set in this (the driver's) environment, for a search's
+    trial actors: a trial's ``TorchTrainer.fit()`` runs there, not in the driver. Where the user
+    set none, the actor keeps its own environment's value, else gets raykd's default when it
+    builds its trainer (:func:`train_env_defaults`)."""
+    return {key: os.environ[key] for key in compat.train_env_defaults()
+            if key in os.environ and os.environ[key] != _DEFAULTED.get(key)}
 
 
 def init_ray(address: str | None = None) -> None:
