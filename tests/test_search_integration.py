@@ -105,8 +105,8 @@ def _trial_results(exp: Path) -> dict[str, int]:
 
 
 def test_ctrl_c_then_resume_finishes_the_study(tmp_path, tiny_models):
-    # Slow: three CLI searches of two trials, each starting its own Ray (interrupted, resumed,
-    # uninterrupted), and one resume refused before Ray starts.
+    # Slow: three CLI searches, each starting its own Ray (two trials interrupted, then resumed; the
+    # interrupted trial's config uninterrupted), and one resume refused before Ray starts.
     """The real CLI in a subprocess (its own Ray), interrupted with SIGINT (Ctrl-C) after its
     first trial finished, during its second and last (Tune has every trial it will run, so only its
     saved state tells the running one from a finished one): it exits 130, says how to resume, prunes and registers nothing, and
