@@ -87,7 +87,7 @@ TRAIN_POLL_INTERVAL_S = "0.25"
 
 def train_env_defaults() -> dict[str, str]:
     """Ray Train settings raykd wants when the user has not set them, as environment variables to
-    set before ``ray.init`` (a local Ray's raylet, and so every worker it starts, inherits them).
+    set in the process that calls ``TorchTrainer.fit()`` (Train hands them to its controller).
     Ray 2.60.0, ``ray/train/v2/_internal/constants.py``: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``
     (``HEALTH_CHECK_INTERVAL_S_ENV_VAR``, default 2.0), read by the ``TrainController`` and listed in
     ``ENV_VARS_TO_PROPAGATE`` (the controller passes it on to its workers). Not documented on

@@ -474,8 +474,8 @@ def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
     dtype that has the kernel, else PyTorch's default AdamW (on the CPU a loop over the tensors):
     the same algorithm, the fused one several times faster a step (a 17M-parameter student on 2 CPU
     cores: benchmarks/RESULTS.md). It rounds differently, and over a run that shifts scores: the
-    quickstart's best trial scores 55.27 F1 with it and 53.52 without. Decided here, not by catching an error: PyTorch checks a fused
-    optimizer's parameters only at its first step. The Hugging Face Trainer's default optimizer
+    quickstart's best trial scores 55.27 F1 with it and 53.52 without. Decided here, not by
+    catching an error: PyTorch checks a fused optimizer's parameters only at its first step. The Hugging Face Trainer's default optimizer
     is the fused one too (``adamw_torch_fused`` on PyTorch >= 2.8). A resumed run goes on with the
     implementation its checkpoint was saved with (the optimizer's parameter groups record it)."""
     params = [p for group in groups for p in group["params"]]

@@ -320,33 +320,23 @@ def _auth_error(named: str) -> UserError:
                      f"the cluster's token (~/.ray/auth_token on the head node) in {token} or in RAY_AUTH_TOKEN")
 
 
-# The settings this process holds because raykd set them (and their values), not the user: a
-# search does not hand these to its trial actors, where a value the cluster's environment holds
-# must win.
-_DEFAULTED: dict[str, str] = {}
-
-
 def train_env_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     """Ray Train's settings raykd wants (:func:`raykd.compat.train_env_defaults`: the controller
     polls its workers every 0.25 s, not 2 s), where the user has not set them: a value in the
-    environment wins. Set before ``ray.init``, so that a local Ray's processes inherit them, and
-    again in the process that calls ``TorchTrainer.fit()``: Train hands these variables from that
-    process to its controller and workers, which is what reaches them on a cluster joined by
-    address or in a Ray started by someone else (a notebook, a test)."""
+    environment wins. Called by :func:`build_trainer`, in the process that then calls
+    ``TorchTrainer.fit()``: Train hands these variables from that process to its controller and
+    workers, whoever started the Ray (raykd, ``ray start`` on a cluster, a notebook, a test)."""
     for key, value in compat.train_env_defaults().items():
-        if key not in environ:
-            environ[key] = value
-            if environ is os.environ:
-                _DEFAULTED[key] = value
+        environ.setdefault(key, value)
 
 
 def train_env() -> dict[str, str]:
-    """The Ray Train settings the user set in this (the driver's) environment, for a search's
-    trial actors: a trial's ``TorchTrainer.fit()`` runs there, not in the driver. Where the user
-    set none, the actor keeps its own environment's value, else gets raykd's default when it
-    builds its trainer (:func:`train_env_defaults`)."""
-    return {key: os.environ[key] for key in compat.train_env_defaults()
-            if key in os.environ and os.environ[key] != _DEFAULTED.get(key)}
+    """The Ray Train settings the user set in this (the driver's) environment to other values
+    than raykd's, for a search's trial actors: a trial's ``TorchTrainer.fit()`` runs there, not in
+    the driver. Where the user set none, the actor keeps its own environment's value, else gets
+    raykd's default when it builds its trainer."""
+    return {key: os.environ[key] for key, value in compat.train_env_defaults().items()
+            if os.environ.get(key, value) != value}
 
 
 def init_ray(address: str | None = None) -> None:
@@ -362,7 +352,6 @@ def init_ray(address: str | None = None) -> None:
         target = _gcs_address(address, named, local)
         if target:
             _check_answers(target, named, local)
-    train_env_defaults()
     try:
         # The dashboard stays on: ASHA-stopped trials release their placement groups through its
         # state API (without it the next trial waits forever).
